@@ -1,0 +1,99 @@
+"""Command line: a thin layer over the Python API; user mistakes get a message, not a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from fedrlprune import __version__
+from fedrlprune.config import Config, describe_keys
+from fedrlprune.errors import FedRLPruneError
+
+log = logging.getLogger("fedrlprune")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedrlprune",
+        description="Distributed model pruning driven by federated reinforcement learning.",
+    )
+    parser.add_argument("--version", action="version", version=f"fedrlprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one federated experiment (Flower simulation engine)")
+    run.add_argument("--config", "-c", type=Path, help="TOML config file (see configs/)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key; repeatable (see `fedrlprune keys`)",
+    )
+    run.add_argument("--out", type=Path, help="results folder (default: results/<run>-<time>)")
+    run.add_argument(
+        "--no-live", action="store_true", help="plain log lines instead of a live display"
+    )
+
+    sub.add_parser("keys", help="list every config key with its default and allowed values")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    live = sys.stderr.isatty() and not getattr(args, "no_live", False)
+    _setup_logging(live)
+    try:
+        if args.command == "keys":
+            _print_keys()
+            return 0
+        cfg = Config.load(args.config, args.overrides)
+        from fedrlprune.experiments.runner import run_experiment  # heavy imports after checks
+
+        summary = run_experiment(cfg, out_dir=args.out, live=live)
+    except FedRLPruneError as err:
+        print(f"fedrlprune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedrlprune: interrupted", file=sys.stderr)
+        return 130
+    print(
+        f"final accuracy {summary['final_accuracy']:.4f}  "
+        f"params {summary['nonzero_params']:,}/{summary['dense_params']:,}  "
+        f"FLOPs x{summary['flops_reduction']:.2f} fewer  "
+        f"upload {summary['upload_bytes_total'] / 1e6:.1f} MB  "
+        f"{summary['wall_seconds']:.0f}s"
+    )
+    print(f"results: {summary['out_dir']}")
+    return 0
+
+
+def _print_keys() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("key", "type", "default", "meaning and allowed values")
+    for row in describe_keys():
+        table.add_row(*row)
+    Console().print(table)
+
+
+def _setup_logging(live: bool) -> None:
+    logger = logging.getLogger("fedrlprune")
+    logger.setLevel(logging.INFO)
+    if live:
+        from rich.logging import RichHandler
+
+        from fedrlprune.experiments.progress import CONSOLE
+
+        handler: logging.Handler = RichHandler(console=CONSOLE, show_path=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""The run configuration: one typed object from the command line to every part of a run.
+
+Every key is declared once, in `Config`, with its type, default, allowed values and help text;
+TOML files, `--set key=value` overrides, Flower's run config and Python dicts all pass through
+`Config.from_dict`, so a wrong key, type or value is refused the same way everywhere, before
+anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedrlprune.data.loaders import DATASETS
+from fedrlprune.data.partition import PARTITIONS
+from fedrlprune.errors import ConfigError
+
+METHODS = ("fedavg",)
+
+
+def _key(
+    default: Any,
+    help: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """Declare a config key: its default, its help line and what values it allows."""
+    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run depends on. Same config and seed, same partitions, same result."""
+
+    dataset: str = _key("fashion-mnist", "dataset to train on", choices=DATASETS)
+    data_path: str = _key(
+        "", "folder (or .npz file) holding the dataset; empty = search standard places"
+    )
+    model: str = _key(
+        "lenet5", "model from the registry (the Python API also takes your own nn.Module)"
+    )
+    method: str = _key("fedavg", "federated method to run", choices=METHODS)
+    clients: int = _key(10, "number of clients (the data is split among them)", lo=1, hi=10_000)
+    rounds: int = _key(20, "federated rounds", lo=1, hi=100_000)
+    fraction: float = _key(
+        1.0, "share of clients selected each round (at least one)", lo=0.0, hi=1.0, lo_open=True
+    )
+    local_epochs: int = _key(2, "local epochs per round on each selected client", lo=1, hi=1_000)
+    batch_size: int = _key(32, "local mini-batch size", lo=1, hi=65_536)
+    lr: float = _key(0.01, "local SGD learning rate", lo=0.0, hi=10.0, lo_open=True)
+    momentum: float = _key(0.9, "local SGD momentum (reset every round)", lo=0.0, hi=0.999)
+    weight_decay: float = _key(0.0, "local SGD weight decay", lo=0.0, hi=1.0)
+    partition: str = _key("dirichlet", "how the data is split among clients", choices=PARTITIONS)
+    alpha: float = _key(
+        0.5, "Dirichlet concentration (smaller = more label skew)", lo=0.0, hi=1e6, lo_open=True
+    )
+    classes_per_client: int = _key(2, "classes per client for `pathological`", lo=1, hi=1_000)
+    val_fraction: float = _key(0.1, "share of each client's data kept for validation", lo=0, hi=0.5)
+    test_fraction: float = _key(0.1, "share of each client's data kept for its test", lo=0, hi=0.5)
+    data_fraction: float = _key(
+        1.0, "share of each split kept (for quick runs)", lo=0.0, hi=1.0, lo_open=True
+    )
+    eval_every: int = _key(1, "evaluate the global model every N rounds (and the last)", lo=1)
+    seed: int = _key(0, "seed of partitions, sampling, initial weights and training", lo=0)
+
+    # ----------------------------------------------------------------------------- building
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, base: Config | None = None) -> Config:
+        """Build a config from plain values, refusing unknown keys, wrong types and ranges."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s): {', '.join(unknown)}. "
+                f"Known keys: {', '.join(known)} (see `fedrlprune keys`)."
+            )
+        checked = {name: _check(known[name], value) for name, value in values.items()}
+        return dataclasses.replace(base or cls(), **checked)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+        """Read a TOML file (optional) and apply `key=value` overrides on top, in order."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            values.update(read_toml(Path(path)))
+        for item in overrides or []:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"override {item!r} is not of the form key=value, e.g. rounds=5")
+            values[key.strip()] = _parse_override(key.strip(), raw.strip())
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML config file; a missing or malformed file is a ConfigError."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; see configs/ for examples") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    # A `[fedrlprune]` table is accepted so the keys can live in a larger TOML file.
+    table = data.get("fedrlprune", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [fedrlprune] must be a table of keys")
+    return table
+
+
+def describe_keys() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, allowed values and meaning) rows, for `fedrlprune keys` and docs."""
+    rows = []
+    for f in dataclasses.fields(Config):
+        rows.append((f.name, _type_of(f).__name__, repr(f.default), _allowed(f)))
+    return rows
+
+
+# ------------------------------------------------------------------------------------ checks
+
+
+def _type_of(f: dataclasses.Field[Any]) -> type:
+    return {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
+
+
+def _allowed(f: dataclasses.Field[Any]) -> str:
+    meta = f.metadata
+    parts = [meta["help"]]
+    if meta["choices"]:
+        parts.append("one of: " + ", ".join(meta["choices"]))
+    if meta["lo"] is not None or meta["hi"] is not None:
+        lo = "-inf" if meta["lo"] is None else f"{meta['lo']:g}"
+        hi = "inf" if meta["hi"] is None else f"{meta['hi']:g}"
+        parts.append(f"range {'(' if meta['lo_open'] else '['}{lo}, {hi}]")
+    return "; ".join(parts)
+
+
+def _check(f: dataclasses.Field[Any], value: Any) -> Any:
+    """Return the value converted to the key's type, or raise a ConfigError naming the fix."""
+    want = _type_of(f)
+    ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(
+            f"config key {f.name!r} must be a {want.__name__}, got {value!r} "
+            f"({type(value).__name__}). Allowed: {_allowed(f)}."
+        )
+    meta = f.metadata
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(
+            f"config key {f.name!r} = {value!r} is not allowed; "
+            f"choose one of: {', '.join(meta['choices'])}."
+        )
+    lo, hi = meta["lo"], meta["hi"]
+    too_low = lo is not None and (value <= lo if meta["lo_open"] else value < lo)
+    if too_low or (hi is not None and value > hi):
+        raise ConfigError(f"config key {f.name!r} = {value!r} is out of range: {_allowed(f)}.")
+    return value
+
+
+def _parse_override(key: str, raw: str) -> Any:
+    """Turn the text of `--set key=value` into the key's type (unknown keys pass through)."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    if key not in fields:
+        return raw
+    want = _type_of(fields[key])
+    if want is str:
+        return raw
+    try:
+        if want is bool:
+            return {"true": True, "false": False}[raw.lower()]
+        return want(raw)
+    except (ValueError, KeyError):
+        raise ConfigError(
+            f"--set {key}={raw}: {key!r} must be a {want.__name__}. "
+            f"Allowed: {_allowed(fields[key])}."
+        ) from None

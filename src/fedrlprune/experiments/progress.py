@@ -1,0 +1,75 @@
+"""Progress of a run: a live rich display in a terminal, plain log lines everywhere else."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+log = logging.getLogger("fedrlprune")
+CONSOLE = Console(stderr=True)  # shared by the live display and the CLI's log handler
+
+
+class RunProgress:
+    """Rounds and the clients of the current round; `live=None` picks by whether stderr is a tty."""
+
+    def __init__(self, rounds: int, title: str, live: bool | None = None) -> None:
+        self.rounds = rounds
+        self.title = title
+        self.live = sys.stderr.isatty() if live is None else live
+        self._progress: Progress | None = None
+        self._round_task: TaskID | None = None
+        self._client_task: TaskID | None = None
+
+    def __enter__(self) -> RunProgress:
+        if self.live:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=CONSOLE,
+            )
+            self._progress.start()
+            self._round_task = self._progress.add_task(self.title, total=self.rounds, info="")
+            self._client_task = self._progress.add_task("  clients", total=1, info="")
+        log.info("%s: %d rounds", self.title, self.rounds)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def round_started(self, rnd: int, clients: int, what: str = "train") -> None:
+        if self._progress is not None and self._client_task is not None:
+            self._progress.reset(self._client_task, total=clients, info=what)
+
+    def client_done(self, client: int, ok: bool) -> None:
+        if self._progress is not None and self._client_task is not None:
+            self._progress.advance(self._client_task)
+        if not ok:
+            log.warning("client %d failed this round (see run.log)", client)
+
+    def round_done(self, rnd: int, summary: str) -> None:
+        if self._progress is not None and self._round_task is not None:
+            self._progress.update(self._round_task, completed=rnd, info=summary)
+        if self._progress is None:
+            log.info("round %d/%d  %s", rnd, self.rounds, summary)

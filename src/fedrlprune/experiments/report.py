@@ -1,0 +1,97 @@
+"""report.md with plots: what a person reads after a run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt
+
+SUMMARY_ROWS = (
+    ("final_accuracy", "final accuracy (global model, global test set)", "{:.4f}"),
+    ("best_accuracy", "best accuracy over rounds", "{:.4f}"),
+    ("client_accuracy_mean", "clients' accuracy on their own test split, mean", "{:.4f}"),
+    ("client_accuracy_worst10", "clients' accuracy, mean of the worst 10%", "{:.4f}"),
+    ("dense_params", "parameters, dense", "{:,}"),
+    ("nonzero_params", "parameters, non-zero", "{:,}"),
+    ("param_reduction", "parameter reduction (dense / non-zero)", "{:.2f}x"),
+    ("dense_flops", "FLOPs per sample, dense", "{:,}"),
+    ("effective_flops", "FLOPs per sample, effective", "{:,}"),
+    ("flops_reduction", "FLOPs reduction (dense / effective)", "{:.2f}x"),
+    ("upload_bytes_total", "upload, bytes in all", "{:,}"),
+    ("download_bytes_total", "download, bytes in all", "{:,}"),
+    ("rounds_completed", "rounds completed", "{}"),
+    ("wall_seconds", "wall time, seconds", "{:.1f}"),
+)
+
+
+def write_report(out_dir: Path, rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """Plots of accuracy and bytes per round, and a markdown page that shows them."""
+    plots = []
+    if rows:
+        plots.append(_plot_accuracy(out_dir, rows))
+        plots.append(_plot_bytes(out_dir, rows))
+    title = f"{summary['method']} on {summary['dataset']} with {summary['model']}"
+    lines = [
+        f"# {title}",
+        "",
+        f"{summary['clients']} clients, {summary['rounds_completed']} rounds, "
+        f"seed {summary['seed']}. Configuration: `config.toml`; per round: `metrics.csv`.",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+    ]
+    for key, label, fmt in SUMMARY_ROWS:
+        value = summary.get(key)
+        shown = "n/a" if value is None else fmt.format(value)
+        lines.append(f"| {label} | {shown} |")
+    lines.append("")
+    failed = summary.get("failed_clients") or []
+    if failed:
+        lines += [f"Clients that failed at least once: {', '.join(map(str, failed))}.", ""]
+    for name in plots:
+        lines += [f"![{name}]({name})", ""]
+    (out_dir / "report.md").write_text("\n".join(lines))
+
+
+def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for row in rows:
+        value = row.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            xs.append(int(row["round"]))
+            ys.append(float(value))
+    return xs, ys
+
+
+def _plot_accuracy(out_dir: Path, rows: Sequence[dict[str, Any]]) -> str:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs, ys = _series(rows, "test_accuracy")
+    ax.plot(xs, ys, marker="o", markersize=3)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (global model)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy.png", dpi=120)
+    plt.close(fig)
+    return "accuracy.png"
+
+
+def _plot_bytes(out_dir: Path, rows: Sequence[dict[str, Any]]) -> str:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("upload_bytes", "upload"), ("download_bytes", "download")):
+        xs, ys = _series(rows, key)
+        ax.plot(xs, [y / 1e6 for y in ys], marker="o", markersize=3, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("MB per round (all clients)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "bytes.png", dpi=120)
+    plt.close(fig)
+    return "bytes.png"

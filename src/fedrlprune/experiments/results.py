@@ -1,0 +1,92 @@
+"""The results folder of one run: config, per-round metrics, summary, partitions, log, report.
+
+Rows are appended to metrics.csv as rounds finish, so a run that stops early still leaves
+everything it completed on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fedrlprune.config import Config
+from fedrlprune.experiments.report import write_report
+
+ROUND_COLUMNS = (
+    "round",
+    "clients_selected",
+    "clients_replied",
+    "clients_failed",
+    "train_loss",
+    "test_loss",
+    "test_accuracy",
+    "upload_bytes",
+    "download_bytes",
+    "round_seconds",
+    "client_train_seconds_mean",
+)
+
+
+def default_out_dir(cfg: Config, root: Path = Path("results")) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return root / f"{cfg.method}-{cfg.dataset}-{cfg.model}-{stamp}"
+
+
+class RunRecorder:
+    """Writes the results files of one run into `out_dir` (created; must not hold a run)."""
+
+    def __init__(self, out_dir: Path, cfg: Config) -> None:
+        self.out_dir = out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.toml").write_text(cfg.to_toml())
+        self.rows: list[dict[str, Any]] = []
+        self._csv = out_dir / "metrics.csv"
+        with self._csv.open("w", newline="") as fh:
+            csv.writer(fh).writerow(ROUND_COLUMNS)
+        self._log_handler = logging.FileHandler(out_dir / "run.log")
+        self._log_handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        for name in ("fedrlprune", "flwr"):
+            logging.getLogger(name).addHandler(self._log_handler)
+        logging.getLogger("fedrlprune").setLevel(logging.INFO)
+
+    def add_round(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with self._csv.open("a", newline="") as fh:
+            csv.writer(fh).writerow([_cell(row.get(c)) for c in ROUND_COLUMNS])
+
+    def write_json(self, name: str, data: Any) -> None:
+        (self.out_dir / name).write_text(json.dumps(_finite(data), indent=2) + "\n")
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.write_json("summary.json", summary)
+        write_report(self.out_dir, self.rows, summary)
+        self.close()
+
+    def close(self) -> None:
+        for name in ("fedrlprune", "flwr"):
+            logging.getLogger(name).removeHandler(self._log_handler)
+        self._log_handler.close()
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def _finite(data: Any) -> Any:
+    """JSON has no NaN: write null for a figure that could not be measured."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data

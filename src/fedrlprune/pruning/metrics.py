@@ -1,0 +1,153 @@
+"""Parameter and FLOP accounting shared by every pruning method, so their figures are comparable.
+
+FLOPs follow ``torch.utils.flop_counter.FlopCounterMode``: 2 FLOPs per multiply-add of a conv or
+matmul (``2 * Cout * Hout * Wout * Cin/groups * k * k`` for a conv, ``2 * in * out`` for a
+linear layer, per sample); bias adds, activations, pooling and normalisation count as 0.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from fedrlprune.errors import ConfigError
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every conv and linear layer by qualified name, in ``named_modules`` (definition) order."""
+    return {name: mod for name, mod in model.named_modules() if isinstance(mod, PRUNABLE_TYPES)}
+
+
+def classifier_name(model: nn.Module) -> str:
+    """Name of the last ``nn.Linear``: the head that pruning leaves dense by default."""
+    linears = [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+    if not linears:
+        raise ConfigError(
+            f"{type(model).__name__} has no nn.Linear layer to act as classifier head; "
+            "end the model with an nn.Linear"
+        )
+    return linears[-1]
+
+
+def _count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dict[str, int], int]:
+    """One counted forward pass of a zeros sample: per-prunable-layer FLOPs and the total.
+
+    Each layer's share is the growth of the running total between its pre- and post-forward
+    hooks, which is exact whatever the module's name or class and sums repeated calls.
+    """
+    layers = prunable_layers(model)
+    per_layer = dict.fromkeys(layers, 0)
+    param = next(model.parameters(), None)
+    x = torch.zeros(
+        1,
+        *input_shape,
+        device=param.device if param is not None else None,
+        dtype=param.dtype if param is not None else None,
+    )
+    counter = FlopCounterMode(display=False)
+    start: dict[str, int] = {}
+    handles = []
+    for name, layer in layers.items():
+
+        def pre(_mod: nn.Module, _args: object, name: str = name) -> None:
+            start[name] = counter.get_total_flops()
+
+        def post(_mod: nn.Module, _args: object, _out: object, name: str = name) -> None:
+            per_layer[name] += counter.get_total_flops() - start[name]
+
+        handles += [layer.register_forward_pre_hook(pre), layer.register_forward_hook(post)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), counter:
+            model(x)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"cannot run {type(model).__name__} on one sample of shape {tuple(input_shape)}: "
+            f"{err}. Pass the per-sample input shape (no batch dimension) the model was built for"
+        ) from err
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return per_layer, counter.get_total_flops()
+
+
+def layer_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Dense FLOPs of each prunable layer for one sample of ``input_shape`` (no batch dim)."""
+    return _count_flops(model, input_shape)[0]
+
+
+def total_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """All FLOPs the counter sees in one forward pass of one sample."""
+    return _count_flops(model, input_shape)[1]
+
+
+def count_nonzero(state: Mapping[str, np.ndarray | torch.Tensor]) -> tuple[int, int]:
+    """(dense, nonzero) entry counts over arrays, e.g. a state dict or Flower parameters."""
+    dense = nonzero = 0
+    for value in state.values():
+        if isinstance(value, torch.Tensor):
+            dense += value.numel()
+            nonzero += int(torch.count_nonzero(value.detach()))
+        else:
+            dense += int(np.size(value))
+            nonzero += int(np.count_nonzero(value))
+    return dense, nonzero
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Size and compute of a (possibly sparse) model against its dense self."""
+
+    dense_params: int
+    nonzero_params: int
+    dense_flops: int
+    effective_flops: int
+    layer_density: dict[str, float]
+
+    @property
+    def param_reduction(self) -> float:
+        """Compression ratio dense / non-zero parameters (inf when every parameter is zero)."""
+        return self.dense_params / self.nonzero_params if self.nonzero_params else float("inf")
+
+    @property
+    def flops_reduction(self) -> float:
+        """Speed-up ratio dense / effective FLOPs (inf when nothing is left to compute)."""
+        return self.dense_flops / self.effective_flops if self.effective_flops else float("inf")
+
+
+def model_cost(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    flops: dict[str, int] | None = None,
+    total: int | None = None,
+) -> ModelCost:
+    """Cost of ``model`` as it stands; pass ``flops``/``total`` from an earlier count to skip one.
+
+    A prunable layer's FLOPs shrink in proportion to the zeros in its weight; all other FLOPs
+    (and bias, BatchNorm parameters) stay dense.
+    """
+    if flops is None or total is None:
+        counted, counted_total = _count_flops(model, input_shape)
+        flops = counted if flops is None else flops
+        total = counted_total if total is None else total
+    dense_params, nonzero_params = count_nonzero(dict(model.named_parameters()))
+    density: dict[str, float] = {}
+    saved = 0
+    for name, layer in prunable_layers(model).items():
+        size, nonzero = count_nonzero({name: layer.weight})
+        density[name] = nonzero / size
+        saved += round(flops[name] * (size - nonzero) / size)
+    return ModelCost(
+        dense_params=dense_params,
+        nonzero_params=nonzero_params,
+        dense_flops=total,
+        effective_flops=total - saved,
+        layer_density=density,
+    )

@@ -1,0 +1,123 @@
+"""End to end through Flower's simulation engine: results files, reproducibility, your own model."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedrlprune.config import Config
+from fedrlprune.errors import FedRLPruneError
+from fedrlprune.experiments.runner import run_experiment
+
+# digits ships with scikit-learn: a real dataset with no files, small enough for a test.
+TINY = {"dataset": "digits", "model": "mlp", "clients": 3, "rounds": 2, "lr": 0.05}
+FILES = (
+    "config.toml",
+    "metrics.csv",
+    "summary.json",
+    "partitions.json",
+    "report.md",
+    "accuracy.png",
+    "bytes.png",
+    "run.log",
+    "global_model.pt",
+)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("run") / "a"
+    return run_experiment(TINY, out_dir=out, live=False), out
+
+
+def test_a_run_writes_every_results_file(first_run: tuple[dict, Path]) -> None:
+    summary, out = first_run
+    for name in FILES:
+        assert (out / name).is_file(), name
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["round"]) for r in rows] == [1, 2]
+    assert Config.load(out / "config.toml") == Config.from_dict(TINY)
+    parts = json.loads((out / "partitions.json").read_text())
+    assert [p["client"] for p in parts] == [0, 1, 2]
+    assert sum(sum(p["label_histogram"]) for p in parts) == sum(
+        p["train"] + p["val"] + p["test"] for p in parts
+    )
+
+
+def test_summary_figures_are_consistent(first_run: tuple[dict, Path]) -> None:
+    s, _ = first_run
+    for key in (
+        "method", "dataset", "model", "clients", "rounds_completed", "seed", "final_accuracy",
+        "best_accuracy", "client_accuracy_mean", "dense_params", "nonzero_params",
+        "param_reduction", "dense_flops", "effective_flops", "flops_reduction",
+        "upload_bytes_total", "download_bytes_total", "wall_seconds",
+    ):  # fmt: skip
+        assert key in s, key
+    assert s["rounds_completed"] == 2 and s["failed_clients"] == []
+    assert 0.5 < s["final_accuracy"] <= s["best_accuracy"] <= 1.0  # 10 classes: chance is 0.1
+    # The MLP 64-200-200-10: every weight counted once, dense model, so no reduction.
+    assert s["dense_params"] == 64 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10
+    assert s["flops_reduction"] == pytest.approx(1.0)
+    # Three clients, two rounds, each way a full float32 model plus small headers.
+    assert s["upload_bytes_total"] == s["download_bytes_total"]
+    assert 6 * 4 * s["dense_params"] <= s["upload_bytes_total"] < 6 * 4 * s["dense_params"] * 1.01
+
+
+def test_same_seed_same_result_other_seed_other_result(
+    first_run: tuple[dict, Path], tmp_path: Path
+) -> None:
+    summary, out = first_run
+    again = run_experiment(TINY, out_dir=tmp_path / "b", live=False)
+    assert again["final_accuracy"] == summary["final_accuracy"]
+    assert (tmp_path / "b" / "partitions.json").read_text() == (out / "partitions.json").read_text()
+    other = run_experiment({**TINY, "seed": 1}, out_dir=tmp_path / "c", live=False)
+    assert (tmp_path / "c" / "partitions.json").read_text() != (out / "partitions.json").read_text()
+    assert (
+        other["final_accuracy"] != summary["final_accuracy"]
+        or other["best_accuracy"] != (summary["best_accuracy"])
+    )
+
+
+def test_user_model_and_user_arrays_through_the_api(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(scale=3.0, size=(3, 2, 4, 4)).astype(np.float32)
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 3, size=n)
+        return centers[y] + rng.normal(size=(n, 2, 4, 4)).astype(np.float32), y
+
+    x_train, y_train = make(600)
+    x_test, y_test = make(200)
+
+    class Tiny(nn.Module):
+        def __init__(self, in_ch: int, classes: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(in_ch, 4, 3, padding=1)
+            self.head = nn.Linear(4 * 16, classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.conv(x)).flatten(1))
+
+    summary = run_experiment(
+        {"clients": 2, "rounds": 3, "partition": "iid", "lr": 0.05},
+        model_fn=lambda shape, classes: Tiny(shape[0], classes),
+        data=(x_train, y_train, x_test, y_test),
+        out_dir=tmp_path / "user",
+        live=False,
+    )
+    assert summary["model"] == "user" and summary["dataset"] == "user-arrays"
+    assert summary["final_accuracy"] > 0.9  # well-separated blobs
+    assert summary["dense_params"] == (2 * 9 * 4 + 4) + (64 * 3 + 3)
+    # conv: 2 * 4 out * 16 positions * 2 in * 9 ; linear: 2 * 64 * 3
+    assert summary["dense_flops"] == 2 * 4 * 16 * 2 * 9 + 2 * 64 * 3
+
+
+def test_a_finished_results_folder_is_not_overwritten(first_run: tuple[dict, Path]) -> None:
+    _, out = first_run
+    with pytest.raises(FedRLPruneError, match="already holds a finished run"):
+        run_experiment(TINY, out_dir=out, live=False)
