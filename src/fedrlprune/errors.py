@@ -11,3 +11,7 @@ class ConfigError(FedRLPruneError):
 
 class DataError(FedRLPruneError):
     """A dataset that cannot be found, read or partitioned as asked."""
+
+
+class PayloadError(FedRLPruneError):
+    """A received payload does not fit the model: refused whole, never half-applied."""

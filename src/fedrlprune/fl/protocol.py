@@ -14,7 +14,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from fedrlprune.config import Config
-from fedrlprune.errors import FedRLPruneError
+from fedrlprune.errors import PayloadError
 
 # Record names inside a Message's RecordDict.
 ARRAYS = "arrays"
@@ -26,10 +26,6 @@ METRICS = "metrics"
 QUERY = "query"
 
 State = dict[str, np.ndarray]
-
-
-class PayloadError(FedRLPruneError):
-    """A received array record does not fit the model: refused, never half-applied."""
 
 
 def config_record(cfg: Config, **extra: int | float | str) -> ConfigRecord:
