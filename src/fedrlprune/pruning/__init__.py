@@ -1,5 +1,17 @@
 """Pruning: methods and the shared cost accounting they report through."""
 
+from fedrlprune.pruning.masks import (
+    MODES,
+    MaskEnforcer,
+    Masks,
+    apply_masks,
+    layer_sparsity,
+    magnitude_masks,
+    mask_model,
+    masks_from_state,
+    overall_sparsity,
+    pruning_targets,
+)
 from fedrlprune.pruning.metrics import (
     ModelCost,
     classifier_name,
@@ -11,11 +23,21 @@ from fedrlprune.pruning.metrics import (
 )
 
 __all__ = [
+    "MODES",
+    "MaskEnforcer",
+    "Masks",
     "ModelCost",
+    "apply_masks",
     "classifier_name",
     "count_nonzero",
     "layer_flops",
+    "layer_sparsity",
+    "magnitude_masks",
+    "mask_model",
+    "masks_from_state",
     "model_cost",
+    "overall_sparsity",
     "prunable_layers",
+    "pruning_targets",
     "total_flops",
 ]
