@@ -21,7 +21,10 @@ from fedrlprune.data.loaders import DATASETS
 from fedrlprune.data.partition import PARTITIONS
 from fedrlprune.errors import ConfigError
 
-METHODS = ("fedavg",)
+METHODS = ("fedavg", "magnitude")
+PRUNE_MODES = ("unstructured", "structured")
+AGGREGATIONS = ("vote", "lotteryfl", "hermes", "naive")
+UNKEPT = ("previous", "zero")
 
 
 def _key(
@@ -70,6 +73,47 @@ class Config:
     data_fraction: float = _key(
         1.0, "share of each split kept (for quick runs)", lo=0.0, hi=1.0, lo_open=True
     )
+    prune_rate: float = _key(
+        0.8, "`magnitude`: final sparsity of every pruned layer", lo=0.0, hi=0.99
+    )
+    prune_mode: str = _key(
+        "unstructured", "prune single weights or whole channels/neurons", choices=PRUNE_MODES
+    )
+    prune_until: float = _key(
+        0.5,
+        "share of the rounds over which pruning ramps up to its final rate",
+        lo=0,
+        hi=1,
+        lo_open=True,
+    )
+    prune_every: int = _key(1, "prune every N rounds while ramping up", lo=1)
+    prune_skip: str = _key(
+        "head", "layers left dense: `head` (the classifier), a comma list of names, or empty"
+    )
+    aggregation: str = _key(
+        "vote", "how sparse client models merge (DESIGN section 5)", choices=AGGREGATIONS
+    )
+    unkept: str = _key(
+        "previous",
+        "value of a weight no client kept: previous global value or zero",
+        choices=UNKEPT,
+    )
+    vote_threshold: float = _key(
+        0.5,
+        "share of clients that must keep a weight for the global mask",
+        lo=0,
+        hi=1,
+        lo_open=True,
+    )
+    server_sparsity: float = _key(
+        0.0, "server re-prunes the global mask to at least this sparsity (0 = off)", lo=0, hi=0.99
+    )
+    device_mix: str = _key(
+        "mixed", "device tiers of the clients: `mixed`, one tier, or a comma list (cycled)"
+    )
+    respect_budgets: bool = _key(
+        True, "clients prune at least as much as their device budget demands"
+    )
     eval_every: int = _key(1, "evaluate the global model every N rounds (and the last)", lo=1)
     seed: int = _key(0, "seed of partitions, sampling, initial weights and training", lo=0)
 
@@ -100,6 +144,12 @@ class Config:
                 raise ConfigError(f"override {item!r} is not of the form key=value, e.g. rounds=5")
             values[key.strip()] = _parse_override(key.strip(), raw.strip())
         return cls.from_dict(values)
+
+    def skip_list(self) -> list[str] | None:
+        """`prune_skip` as `pruning_targets` takes it: None = the head, [] = nothing."""
+        if self.prune_skip.strip() == "head":
+            return None
+        return [name.strip() for name in self.prune_skip.split(",") if name.strip()]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -25,10 +25,15 @@ ROUND_COLUMNS = (
     "train_loss",
     "test_loss",
     "test_accuracy",
+    "sparsity",
+    "nonzero_params",
+    "effective_flops",
     "upload_bytes",
     "download_bytes",
     "round_seconds",
     "client_train_seconds_mean",
+    "sim_seconds",
+    "sim_joules",
 )
 
 

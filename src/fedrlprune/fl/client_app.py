@@ -21,6 +21,7 @@ from fedrlprune.errors import FedRLPruneError
 from fedrlprune.fl import protocol
 from fedrlprune.fl.training import as_tensors, evaluate, get_state, set_state, train
 from fedrlprune.models import ModelFactory, build_model
+from fedrlprune.pruning.masks import MaskEnforcer, apply_masks, magnitude_masks, pruning_targets
 
 
 @dataclass
@@ -71,8 +72,13 @@ def make_client_app(
     def fit(msg: Message, context: Context) -> Message:
         cfg, extra = protocol.config_from_record(msg.content[protocol.CONFIG])
         cid, loc = local(cfg, context)
-        reference = get_state(loc.model)
-        set_state(loc.model, protocol.record_to_state(msg.content[protocol.ARRAYS], reference))
+        state, masks = protocol.unpack(msg.content[protocol.ARRAYS], get_state(loc.model))
+        rate = float(extra.get("prune_rate", 0.0))
+        if rate > 0.0:
+            targets = pruning_targets(loc.model, cfg.skip_list())
+            masks = magnitude_masks(state, dict.fromkeys(targets, rate), cfg.prune_mode, masks)
+            state = apply_masks(state, masks)
+        set_state(loc.model, state)
         result = train(
             loc.model,
             loc.x_train,
@@ -83,16 +89,18 @@ def make_client_app(
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
             seed=cfg.seed * 1_000_003 + int(extra["round"]) * 10_007 + cid,
+            hook=MaskEnforcer(loc.model, masks) if masks else None,
         )
         metrics = {
             "partition-id": cid,
             "num-examples": len(loc.y_train),
+            "epochs": cfg.local_epochs,
             "train-loss": result.loss,
             "train-seconds": result.seconds,
         }
         content = RecordDict(
             {
-                protocol.ARRAYS: protocol.state_to_record(get_state(loc.model)),
+                protocol.ARRAYS: protocol.pack(get_state(loc.model), masks),
                 protocol.METRICS: MetricRecord(metrics),
             }
         )
@@ -100,10 +108,11 @@ def make_client_app(
 
     @app.evaluate()
     def score(msg: Message, context: Context) -> Message:
+        """Evaluate the model this client deploys (sent under its own mask) on its test split."""
         cfg, _ = protocol.config_from_record(msg.content[protocol.CONFIG])
         cid, loc = local(cfg, context)
-        reference = get_state(loc.model)
-        set_state(loc.model, protocol.record_to_state(msg.content[protocol.ARRAYS], reference))
+        state, _ = protocol.unpack(msg.content[protocol.ARRAYS], get_state(loc.model))
+        set_state(loc.model, state)
         loss, acc = evaluate(loc.model, loc.x_test, loc.y_test)
         metrics = {
             "partition-id": cid,

@@ -14,7 +14,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from fedrlprune.config import Config
-from fedrlprune.errors import PayloadError
+from fedrlprune.pruning import payload
+from fedrlprune.pruning.masks import Masks
 
 # Record names inside a Message's RecordDict.
 ARRAYS = "arrays"
@@ -28,40 +29,37 @@ QUERY = "query"
 State = dict[str, np.ndarray]
 
 
+EXTRA = "call."  # prefix of per-call values, so they can never shadow a config key
+
+
 def config_record(cfg: Config, **extra: int | float | str) -> ConfigRecord:
     """The run config (so clients need nothing else to rebuild their data) plus per-call values."""
-    return ConfigRecord({**cfg.to_dict(), **extra})
+    return ConfigRecord({**cfg.to_dict(), **{EXTRA + k: v for k, v in extra.items()}})
 
 
 def config_from_record(record: ConfigRecord) -> tuple[Config, dict[str, Any]]:
     """Split a config record back into the Config and the per-call extras."""
     values = dict(record)
-    keys = set(Config.__dataclass_fields__)
-    cfg = Config.from_dict({k: v for k, v in values.items() if k in keys})
-    return cfg, {k: v for k, v in values.items() if k not in keys}
+    extras = {k.removeprefix(EXTRA): v for k, v in values.items() if k.startswith(EXTRA)}
+    cfg = Config.from_dict({k: v for k, v in values.items() if not k.startswith(EXTRA)})
+    return cfg, extras
 
 
-def state_to_record(state: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in state.items()})
+def pack(state: Mapping[str, np.ndarray], masks: Masks) -> ArrayRecord:
+    """A model as it travels: masked parameters sparse (see pruning/payload.py), the rest dense."""
+    encoded = payload.encode(dict(state), masks)
+    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in encoded.items()})
 
 
-def record_to_state(record: ArrayRecord, reference: Mapping[str, np.ndarray]) -> State:
-    """Decode `record` and check it has exactly the reference's names, shapes, dtypes, finite."""
-    got, want = set(record.keys()), set(reference)
-    if got != want:
-        missing, extra = sorted(want - got), sorted(got - want)
-        raise PayloadError(f"array names do not match the model: missing {missing}, extra {extra}")
-    state: State = {}
-    for name, ref in reference.items():
-        arr = record[name].numpy()
-        if arr.shape != ref.shape:
-            raise PayloadError(f"{name}: shape {arr.shape}, the model has {ref.shape}")
-        if arr.dtype != ref.dtype:
-            raise PayloadError(f"{name}: dtype {arr.dtype}, the model has {ref.dtype}")
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise PayloadError(f"{name}: holds NaN or infinite values")
-        state[name] = arr
-    return state
+def unpack(
+    record: ArrayRecord, reference: Mapping[str, np.ndarray], max_density: float = 1.0
+) -> tuple[State, Masks]:
+    """Decode and check a received model against the reference layout; PayloadError if unfit."""
+    return payload.decode(
+        {name: arr.numpy() for name, arr in record.items()},
+        dict(reference),
+        max_density=max_density,
+    )
 
 
 def record_bytes(record: ArrayRecord) -> int:

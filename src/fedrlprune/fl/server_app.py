@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,19 @@ from flwr.serverapp import Grid, ServerApp
 from fedrlprune.config import Config
 from fedrlprune.data.federated import global_test
 from fedrlprune.data.loaders import ArrayDataset, load_dataset
-from fedrlprune.errors import FedRLPruneError
+from fedrlprune.devices import TIERS, simulated_round, training_flops
+from fedrlprune.errors import FedRLPruneError, PayloadError
 from fedrlprune.experiments.progress import RunProgress
 from fedrlprune.experiments.results import RunRecorder, default_out_dir
 from fedrlprune.fl import protocol
-from fedrlprune.fl.aggregation import fedavg
+from fedrlprune.fl.aggregation import aggregate_sparse
+from fedrlprune.fl.fleet import Fleet, ModelFacts
 from fedrlprune.fl.training import as_tensors, evaluate, get_state, set_state
 from fedrlprune.models import ModelFactory, build_model
-from fedrlprune.pruning.metrics import layer_flops, model_cost, total_flops
+from fedrlprune.pruning.masks import Masks, apply_masks
 
 log = logging.getLogger("fedrlprune")
+State = dict[str, np.ndarray]
 
 NODE_WAIT_SECONDS = 120.0  # how long to wait for every client's SuperNode to connect
 
@@ -51,9 +54,9 @@ def serve(
     torch.manual_seed(cfg.seed)
     factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
     model = factory(dataset.input_shape, dataset.num_classes)
-    flops = layer_flops(model, dataset.input_shape)
-    flops_total = total_flops(model, dataset.input_shape)
-    state = get_state(model)
+    facts = ModelFacts.of(model, dataset.input_shape, cfg.skip_list())
+    fleet = Fleet(cfg, facts)
+    state, global_masks = get_state(model), {}
 
     recorder = RunRecorder(out_dir, cfg)
     title = f"{cfg.method} {cfg.dataset}/{cfg.model}"
@@ -68,78 +71,85 @@ def serve(
                 t0 = time.perf_counter()
                 chosen = sorted(rng.choice(cfg.clients, size=per_round, replace=False).tolist())
                 progress.round_started(rnd, len(chosen))
-                record = protocol.state_to_record(state)
-                replies = _exchange(grid, nodes, chosen, "train", record, cfg, rnd, progress)
-                states, weights, losses, secs, up = [], [], [], [], 0
-                for cid, reply in replies.items():
-                    try:
-                        states.append(
-                            protocol.record_to_state(reply.content[protocol.ARRAYS], state)
-                        )
-                    except (protocol.PayloadError, KeyError) as err:
-                        log.warning("round %d: refused the reply of client %d: %s", rnd, cid, err)
-                        continue
-                    metrics = reply.content[protocol.METRICS]
-                    weights.append(float(metrics["num-examples"]))
-                    losses.append(float(metrics["train-loss"]))
-                    secs.append(float(metrics["train-seconds"]))
-                    up += protocol.record_bytes(reply.content[protocol.ARRAYS])
-                if states:
-                    state = fedavg(states, weights)
+                sent = {c: protocol.pack(state, fleet.masks_for(c, global_masks)) for c in chosen}
+                extras = {c: {"round": rnd, "prune_rate": fleet.rate_now(c, rnd)} for c in chosen}
+                replies = _exchange(grid, nodes, sent, extras, "train", cfg, rnd, progress)
+                accepted = _accept(replies, state, rnd)
+                failed.update(set(chosen) - set(accepted))
+                sim_seconds, sim_joules = 0.0, 0.0
+                for cid, (_, masks, metrics, up) in accepted.items():
+                    fleet.clients[cid].masks = masks or None
+                    fleet.clients[cid].seen_rounds.append(rnd)
+                    secs, joules = _simulated(fleet, cid, state, masks, metrics, up, sent[cid])
+                    sim_seconds, sim_joules = max(sim_seconds, secs), sim_joules + joules
+                if accepted:
+                    state, global_masks = aggregate_sparse(
+                        [a[0] for a in accepted.values()],
+                        [a[1] for a in accepted.values()],
+                        [float(a[2]["num-examples"]) for a in accepted.values()],
+                        state,
+                        rule=cfg.aggregation,
+                        unkept=cfg.unkept,
+                        vote_threshold=cfg.vote_threshold,
+                        target_sparsity=cfg.server_sparsity or None,
+                    )
                 else:
                     log.warning("round %d: no usable reply, the global model stays as it was", rnd)
-                failed.update(set(chosen) - set(replies))
-                set_state(model, state)
+                deployed = apply_masks(state, global_masks)
+                set_state(model, deployed)
                 evaluate_now = rnd % cfg.eval_every == 0 or rnd == cfg.rounds
                 test_loss, test_acc = (
                     evaluate(model, x_test, y_test) if evaluate_now else (float("nan"),) * 2
                 )
+                cost = facts.cost(deployed)
+                weights = [float(a[2]["num-examples"]) for a in accepted.values()]
                 row = {
                     "round": rnd,
                     "clients_selected": len(chosen),
-                    "clients_replied": len(states),
-                    "clients_failed": len(chosen) - len(states),
-                    "train_loss": _weighted_mean(losses, weights),
+                    "clients_replied": len(accepted),
+                    "clients_failed": len(chosen) - len(accepted),
+                    "train_loss": _weighted_mean(
+                        [float(a[2]["train-loss"]) for a in accepted.values()], weights
+                    ),
                     "test_loss": test_loss,
                     "test_accuracy": test_acc,
-                    "upload_bytes": up,
-                    "download_bytes": protocol.record_bytes(record) * len(chosen),
+                    "sparsity": _target_sparsity(facts, deployed),
+                    "nonzero_params": cost.nonzero_params,
+                    "effective_flops": cost.effective_flops,
+                    "upload_bytes": sum(a[3] for a in accepted.values()),
+                    "download_bytes": sum(protocol.record_bytes(r) for r in sent.values()),
                     "round_seconds": time.perf_counter() - t0,
-                    "client_train_seconds_mean": float(np.mean(secs)) if secs else float("nan"),
+                    "client_train_seconds_mean": _mean(
+                        [float(a[2]["train-seconds"]) for a in accepted.values()]
+                    ),
+                    "sim_seconds": sim_seconds,
+                    "sim_joules": sim_joules,
                 }
                 recorder.add_round(row)
                 progress.round_done(rnd, _round_line(row))
 
             progress.round_started(cfg.rounds, cfg.clients, "final client evaluation")
-            record = protocol.state_to_record(state)
             everyone = list(range(cfg.clients))
-            evals = _exchange(grid, nodes, everyone, "evaluate", record, cfg, cfg.rounds, progress)
-        client_acc = [float(m.content[protocol.METRICS]["test-accuracy"]) for m in evals.values()]
-        cost = model_cost(model, dataset.input_shape, flops, flops_total)
-        accs = [r["test_accuracy"] for r in recorder.rows if not np.isnan(r["test_accuracy"])]
-        summary: dict[str, Any] = {
-            "method": cfg.method,
-            "dataset": cfg.dataset if data is None else data.name,
-            "model": cfg.model if model_fn is None else "user",
-            "clients": cfg.clients,
-            "rounds_completed": len(recorder.rows),
-            "seed": cfg.seed,
-            "final_accuracy": accs[-1],
-            "best_accuracy": max(accs),
-            "client_accuracy_mean": _nanmean(client_acc),
-            "client_accuracy_worst10": _worst_decile(client_acc),
-            "dense_params": cost.dense_params,
-            "nonzero_params": cost.nonzero_params,
-            "param_reduction": cost.param_reduction,
-            "dense_flops": cost.dense_flops,
-            "effective_flops": cost.effective_flops,
-            "flops_reduction": cost.flops_reduction,
-            "upload_bytes_total": sum(r["upload_bytes"] for r in recorder.rows),
-            "download_bytes_total": sum(r["download_bytes"] for r in recorder.rows),
-            "failed_clients": sorted(failed | (set(everyone) - set(evals))),
-            "wall_seconds": time.perf_counter() - started,
-            "out_dir": str(out_dir),
-        }
+            deployed_by = {c: fleet.deployed(c, state, global_masks) for c in everyone}
+            sent = {c: protocol.pack(deployed_by[c], {}) for c in everyone}
+            extras = {c: {"round": cfg.rounds} for c in everyone}
+            evals = _exchange(grid, nodes, sent, extras, "evaluate", cfg, cfg.rounds, progress)
+        per_client = []
+        for cid in everyone:
+            set_state(model, deployed_by[cid])
+            entry = fleet.report(cid, deployed_by[cid])
+            entry["accuracy_global_test"] = evaluate(model, x_test, y_test)[1]
+            reply = evals.get(cid)
+            entry["accuracy_local_test"] = (
+                float(reply.content[protocol.METRICS]["test-accuracy"]) if reply else float("nan")
+            )
+            per_client.append(entry)
+        set_state(model, apply_masks(state, global_masks))
+        summary = _summary(
+            cfg, model_fn, data, facts, recorder.rows, per_client, state, global_masks, failed
+        )
+        summary["wall_seconds"] = time.perf_counter() - started
+        summary["out_dir"] = str(out_dir)
         torch.save(model.state_dict(), out_dir / "global_model.pt")
         recorder.finish(summary)
     except BaseException:
@@ -147,6 +157,106 @@ def serve(
         raise
     log.info("results in %s", out_dir)
     return summary
+
+
+Accepted = tuple[State, Masks, dict[str, Any], int]  # state, masks, metrics, upload bytes
+
+
+def _accept(replies: dict[int, Message], reference: State, rnd: int) -> dict[int, Accepted]:
+    """Decode and check every reply; a reply that does not fit is refused and logged."""
+    accepted: dict[int, Accepted] = {}
+    for cid, reply in replies.items():
+        try:
+            record = reply.content[protocol.ARRAYS]
+            state, masks = protocol.unpack(record, reference)
+            metrics = dict(reply.content[protocol.METRICS])
+            if not float(metrics["num-examples"]) > 0:
+                raise PayloadError(f"num-examples must be positive, got {metrics['num-examples']}")
+        except (PayloadError, KeyError, ValueError, TypeError) as err:
+            log.warning("round %d: refused the reply of client %d: %s", rnd, cid, err)
+            continue
+        accepted[cid] = (state, masks, metrics, protocol.record_bytes(record))
+    return accepted
+
+
+def _simulated(
+    fleet: Fleet,
+    cid: int,
+    state: State,
+    masks: Masks,
+    metrics: dict[str, Any],
+    upload: int,
+    download: ArrayRecord,
+) -> tuple[float, float]:
+    """Device-simulated (seconds, joules) of this client's round on its tier."""
+    flops = fleet.facts.cost(apply_masks(state, masks)).effective_flops
+    samples = int(metrics["num-examples"]) * int(metrics.get("epochs", 1))
+    profile = TIERS[fleet.clients[cid].tier]
+    return simulated_round(
+        profile, training_flops(flops, samples), upload, protocol.record_bytes(download)
+    )
+
+
+def _target_sparsity(facts: ModelFacts, state: State) -> float:
+    """Share of zero weights over the pruned layers (0 when nothing is pruned)."""
+    total = sum(facts.weights.values())
+    zeros = sum(
+        int(np.size(state[f"{t}.weight"]) - np.count_nonzero(state[f"{t}.weight"]))
+        for t in facts.targets
+    )
+    return zeros / total if total else 0.0
+
+
+def _summary(
+    cfg: Config,
+    model_fn: ModelFactory | None,
+    data: ArrayDataset | None,
+    facts: ModelFacts,
+    rows: list[dict[str, Any]],
+    per_client: list[dict[str, Any]],
+    state: State,
+    global_masks: Masks,
+    failed: set[int],
+) -> dict[str, Any]:
+    cost = facts.cost(apply_masks(state, global_masks))
+    accs = [r["test_accuracy"] for r in rows if not np.isnan(r["test_accuracy"])]
+    local = [c["accuracy_local_test"] for c in per_client]
+    deployed_params = _mean([c["nonzero_params"] for c in per_client])
+    deployed_flops = _mean([c["effective_flops"] for c in per_client])
+    return {
+        "method": cfg.method,
+        "dataset": cfg.dataset if data is None else data.name,
+        "model": cfg.model if model_fn is None else "user",
+        "clients": cfg.clients,
+        "rounds_completed": len(rows),
+        "seed": cfg.seed,
+        "final_accuracy": accs[-1],
+        "best_accuracy": max(accs),
+        "client_accuracy_mean": _mean(local),
+        "client_accuracy_worst10": _worst_decile(local),
+        "dense_params": cost.dense_params,
+        "nonzero_params": cost.nonzero_params,
+        "param_reduction": cost.param_reduction,
+        "dense_flops": cost.dense_flops,
+        "effective_flops": cost.effective_flops,
+        "flops_reduction": cost.flops_reduction,
+        "pruned_layers_density": 1.0 - _target_sparsity(facts, apply_masks(state, global_masks)),
+        "layer_density": cost.layer_density,
+        "deployed_accuracy_mean": _mean([c["accuracy_global_test"] for c in per_client]),
+        "deployed_nonzero_params_mean": deployed_params,
+        "deployed_effective_flops_mean": deployed_flops,
+        "deployed_param_reduction": cost.dense_params / deployed_params,
+        "deployed_flops_reduction": cost.dense_flops / deployed_flops,
+        "budget_satisfaction": _mean([float(c["within_budget"]) for c in per_client]),
+        "upload_bytes_total": sum(r["upload_bytes"] for r in rows),
+        "download_bytes_total": sum(r["download_bytes"] for r in rows),
+        "sim_seconds_total": sum(r["sim_seconds"] for r in rows),
+        "sim_joules_total": sum(r["sim_joules"] for r in rows),
+        "failed_clients": sorted(
+            failed | {c["client"] for c in per_client if np.isnan(c["accuracy_local_test"])}
+        ),
+        "per_client": per_client,
+    }
 
 
 def _handshake(grid: Grid, cfg: Config) -> tuple[dict[int, int], list[dict[str, Any]]]:
@@ -184,25 +294,28 @@ def _handshake(grid: Grid, cfg: Config) -> tuple[dict[int, int], list[dict[str, 
 def _exchange(
     grid: Grid,
     nodes: dict[int, int],
-    chosen: Iterable[int],
+    sent: dict[int, ArrayRecord],
+    extras: dict[int, dict[str, Any]],
     kind: str,
-    record: ArrayRecord,
     cfg: Config,
     rnd: int,
     progress: RunProgress,
 ) -> dict[int, Message]:
-    """Send `record` to the chosen clients, collect replies (in client order), log failures."""
-    by_node = {nodes[cid]: cid for cid in chosen}
+    """Send each chosen client its record and extras, collect replies in client order."""
+    by_node = {nodes[cid]: cid for cid in sent}
     msgs = [
         Message(
             RecordDict(
-                {protocol.ARRAYS: record, protocol.CONFIG: protocol.config_record(cfg, round=rnd)}
+                {
+                    protocol.ARRAYS: record,
+                    protocol.CONFIG: protocol.config_record(cfg, **extras[cid]),
+                }
             ),
-            dst_node_id=node,
+            dst_node_id=nodes[cid],
             message_type=kind,
             group_id=str(rnd),
         )
-        for node in by_node
+        for cid, record in sent.items()
     ]
     pending = set(grid.push_messages(msgs))
     replies: dict[int, Message] = {}
@@ -224,7 +337,7 @@ def _weighted_mean(values: list[float], weights: list[float]) -> float:
     return float(np.average(values, weights=weights)) if values else float("nan")
 
 
-def _nanmean(values: list[float]) -> float:
+def _mean(values: list[float]) -> float:
     finite = [v for v in values if np.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
 

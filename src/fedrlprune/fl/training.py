@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
+
+
+class StepHook(Protocol):
+    """Called around every optimiser step, e.g. to keep pruned weights at zero."""
+
+    def before_step(self) -> None: ...
+    def after_step(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ def train(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     seed: int = 0,
+    hook: StepHook | None = None,
 ) -> TrainResult:
     """Run `epochs` of mini-batch SGD on (x, y); the shuffling order comes from `seed`."""
     start = time.perf_counter()
@@ -48,7 +57,11 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()
+            if hook is not None:
+                hook.before_step()
             opt.step()
+            if hook is not None:
+                hook.after_step()
             total += loss.item() * len(idx)
         seen += n
         last_epoch_loss = total / max(n, 1)

@@ -137,13 +137,21 @@ def model_cost(
         counted, counted_total = _count_flops(model, input_shape)
         flops = counted if flops is None else flops
         total = counted_total if total is None else total
-    dense_params, nonzero_params = count_nonzero(dict(model.named_parameters()))
+    return state_cost(dict(model.named_parameters()), flops, total)
+
+
+def state_cost(
+    params: Mapping[str, np.ndarray | torch.Tensor], flops: Mapping[str, int], total: int
+) -> ModelCost:
+    """Cost of a model given as its parameters (no buffers) by name, e.g. a client's masked
+    state on the server, which has no nn.Module of its own for each client."""
+    dense_params, nonzero_params = count_nonzero(params)
     density: dict[str, float] = {}
     saved = 0
-    for name, layer in prunable_layers(model).items():
-        size, nonzero = count_nonzero({name: layer.weight})
+    for name, layer_flops_ in flops.items():
+        size, nonzero = count_nonzero({name: params[f"{name}.weight"]})
         density[name] = nonzero / size
-        saved += round(flops[name] * (size - nonzero) / size)
+        saved += round(layer_flops_ * (size - nonzero) / size)
     return ModelCost(
         dense_params=dense_params,
         nonzero_params=nonzero_params,

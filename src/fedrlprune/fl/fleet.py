@@ -1,0 +1,122 @@
+"""What the server knows of each client: its device tier, budget, pruning target and mask.
+
+Pure bookkeeping, no Flower: the server app asks it what each client should do this round and
+what each client's deployed model (the global model under the client's own mask) costs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from fedrlprune.config import Config
+from fedrlprune.devices import TIERS, Budget, assign_tiers, budget, within_budget
+from fedrlprune.pruning.masks import Masks, apply_masks, pruning_targets
+from fedrlprune.pruning.metrics import ModelCost, layer_flops, state_cost, total_flops
+from fedrlprune.pruning.schedule import budget_rate, pruning_rounds, scheduled_rate
+
+State = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What does not change during a run: counted once from the initial model."""
+
+    params: tuple[str, ...]  # parameter names (state entries that are not buffers)
+    targets: tuple[str, ...]  # layers that get pruned
+    weights: dict[str, int]  # weight count of each target layer
+    layer_flops: dict[str, int]  # dense FLOPs per sample of every prunable layer
+    total_flops: int
+    dense_params: int
+
+    @classmethod
+    def of(
+        cls, model: nn.Module, input_shape: tuple[int, ...], skip: list[str] | None
+    ) -> ModelFacts:
+        named = dict(model.named_parameters())
+        targets = tuple(pruning_targets(model, skip))
+        return cls(
+            params=tuple(named),
+            targets=targets,
+            weights={t: named[f"{t}.weight"].numel() for t in targets},
+            layer_flops=layer_flops(model, input_shape),
+            total_flops=total_flops(model, input_shape),
+            dense_params=sum(p.numel() for p in named.values()),
+        )
+
+    def cost(self, state: State) -> ModelCost:
+        return state_cost({p: state[p] for p in self.params}, self.layer_flops, self.total_flops)
+
+
+@dataclass
+class ClientRecord:
+    cid: int
+    tier: str
+    budget: Budget
+    final_rate: float  # the layer sparsity this client prunes toward
+    masks: Masks | None = None  # its latest mask; None until it has pruned
+    seen_rounds: list[int] = field(default_factory=list)
+
+
+class Fleet:
+    """Every client of the run, with the pruning plan the method gives each of them."""
+
+    def __init__(self, cfg: Config, facts: ModelFacts) -> None:
+        self.cfg = cfg
+        self.facts = facts
+        self.prune_rounds = pruning_rounds(cfg.rounds, cfg.prune_until, cfg.prune_every)
+        tiers = assign_tiers(cfg.clients, cfg.device_mix, cfg.seed)
+        self.clients = [self._record(cid, tier) for cid, tier in enumerate(tiers)]
+
+    def _record(self, cid: int, tier: str) -> ClientRecord:
+        limit = budget(TIERS[tier], self.facts.total_flops, self.facts.dense_params)
+        rate = 0.0
+        if self.cfg.method == "magnitude":
+            rate = self.cfg.prune_rate
+            if self.cfg.respect_budgets:
+                need = budget_rate(
+                    self.facts.weights,
+                    self.facts.layer_flops,
+                    self.facts.dense_params,
+                    self.facts.total_flops,
+                    limit,
+                )
+                rate = max(rate, need)
+        return ClientRecord(cid, tier, limit, rate)
+
+    def rate_now(self, cid: int, rnd: int) -> float:
+        """The layer sparsity client `cid` prunes to this round; 0.0 when it does not prune."""
+        final = self.clients[cid].final_rate
+        if final == 0.0 or rnd not in self.prune_rounds:
+            return 0.0
+        step = self.prune_rounds.index(rnd) + 1
+        return scheduled_rate(final, step, len(self.prune_rounds))
+
+    def masks_for(self, cid: int, global_masks: Masks) -> Masks:
+        """A client's own mask, or the global one for a client that has not pruned yet."""
+        own = self.clients[cid].masks
+        return own if own is not None else global_masks
+
+    def deployed(self, cid: int, state: State, global_masks: Masks) -> State:
+        """The model client `cid` runs: the global model under its own mask."""
+        return apply_masks(state, self.masks_for(cid, global_masks))
+
+    def report(self, cid: int, deployed: State) -> dict[str, Any]:
+        """Per-client figures for summary.json: tier, cost, budget and whether it fits."""
+        rec = self.clients[cid]
+        cost = self.facts.cost(deployed)
+        return {
+            "client": cid,
+            "tier": rec.tier,
+            "rounds_trained": len(rec.seen_rounds),
+            "nonzero_params": cost.nonzero_params,
+            "effective_flops": cost.effective_flops,
+            "param_reduction": cost.param_reduction,
+            "flops_reduction": cost.flops_reduction,
+            "budget_params": rec.budget.max_params,
+            "budget_flops": rec.budget.max_flops,
+            "within_budget": within_budget(rec.budget, cost.effective_flops, cost.nonzero_params),
+        }
