@@ -136,3 +136,24 @@ def test_count_nonzero_mixes_numpy_and_torch() -> None:
     state = {"a": np.array([[0.0, 1.0], [2.0, 0.0]]), "b": torch.tensor([0.0, 0.0, 3.0])}
     assert count_nonzero(state) == (7, 3)
     assert count_nonzero({}) == (0, 0)
+
+
+def test_chained_cost_counts_the_compact_model_of_a_structured_mask() -> None:
+    from fedrlprune.models import build_model
+    from fedrlprune.pruning.compact import compact_model
+    from fedrlprune.pruning.masks import apply_masks, magnitude_masks, mask_model
+    from fedrlprune.pruning.metrics import chained_cost
+
+    torch.manual_seed(0)
+    for name, shape in (("mlp", (64,)), ("cnn", (1, 28, 28)), ("lenet5", (1, 28, 28))):
+        model = build_model(name, shape, 10)
+        state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+        layers = list(prunable_layers(model))[:-1]  # all but the head
+        masks = magnitude_masks(state, dict.fromkeys(layers, 0.75), "structured")
+        mask_model(model, masks)
+        params = {k: v.detach().numpy() for k, v in model.named_parameters()}
+        flops, total = layer_flops(model, shape), total_flops(model, shape)
+        cost = chained_cost(apply_masks(params, masks), flops, total)
+        compact = compact_model(model, masks, shape)
+        assert cost.nonzero_params == sum(p.numel() for p in compact.parameters()), name
+        assert cost.effective_flops == pytest.approx(total_flops(compact, shape), rel=1e-3), name

@@ -121,3 +121,35 @@ def test_a_finished_results_folder_is_not_overwritten(first_run: tuple[dict, Pat
     _, out = first_run
     with pytest.raises(FedRLPruneError, match="already holds a finished run"):
         run_experiment(TINY, out_dir=out, live=False)
+
+
+def test_magnitude_run_prunes_within_budgets_and_exports(
+    first_run: tuple[dict, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dense, _ = first_run
+    cfg = {
+        **TINY,
+        "method": "magnitude",
+        "rounds": 3,
+        "prune_rate": 0.5,
+        "prune_mode": "structured",
+        "prune_start": 0.0,
+        "prune_until": 1.0,
+    }
+    out = tmp_path / "mag"
+    s = run_experiment(cfg, out_dir=out, live=False)
+    assert s["budget_satisfaction"] == 1.0
+    assert all(c["within_budget"] for c in s["per_client"])
+    assert s["pruned_layers_density"] <= 0.5
+    assert s["nonzero_params"] < dense["nonzero_params"] / 2
+    assert s["upload_bytes_total"] < dense["upload_bytes_total"] * 3 / 2 / 2  # 3 rounds vs 2
+    assert s["deployed_param_reduction"] > 2.0
+
+    from fedrlprune.cli import main
+
+    assert main(["export", str(out)]) == 0
+    assert "exported" in capsys.readouterr().out
+    table = (out / "export" / "export.md").read_text()
+    assert "compact (channels removed)" in table
+    for name in ["global", *{f"tier-{c['tier']}" for c in s["per_client"]}]:
+        assert (out / "export" / f"{name}.onnx").stat().st_size > 0

@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
         "--no-live", action="store_true", help="plain log lines instead of a live display"
     )
 
+    export = sub.add_parser(
+        "export", help="write ONNX models (global and one per device tier) of a finished run"
+    )
+    export.add_argument("results", type=Path, help="the results folder of a run")
+
     sub.add_parser("keys", help="list every config key with its default and allowed values")
     return parser
 
@@ -48,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keys":
             _print_keys()
+            return 0
+        if args.command == "export":
+            from fedrlprune.experiments.export import export_results
+
+            rows = export_results(args.results)
+            for row in rows:
+                print(
+                    f"{row['model']:<14} {row['nonzero_params']:>10,} params  "
+                    f"{row['effective_flops']:>12,} FLOPs  {row['sparse_bytes']:>10,} bytes sparse"
+                )
+            print(f"exported: {args.results / 'export'}")
             return 0
         cfg = Config.load(args.config, args.overrides)
         from fedrlprune.experiments.runner import run_experiment  # heavy imports after checks

@@ -79,6 +79,9 @@ class Config:
     prune_mode: str = _key(
         "unstructured", "prune single weights or whole channels/neurons", choices=PRUNE_MODES
     )
+    prune_start: float = _key(
+        0.1, "share of the rounds trained dense before pruning starts", lo=0, hi=1
+    )
     prune_until: float = _key(
         0.5,
         "share of the rounds over which pruning ramps up to its final rate",

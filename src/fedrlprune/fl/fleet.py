@@ -15,7 +15,13 @@ from torch import nn
 from fedrlprune.config import Config
 from fedrlprune.devices import TIERS, Budget, assign_tiers, budget, within_budget
 from fedrlprune.pruning.masks import Masks, apply_masks, pruning_targets
-from fedrlprune.pruning.metrics import ModelCost, layer_flops, state_cost, total_flops
+from fedrlprune.pruning.metrics import (
+    ModelCost,
+    chained_cost,
+    layer_flops,
+    state_cost,
+    total_flops,
+)
 from fedrlprune.pruning.schedule import budget_rate, pruning_rounds, scheduled_rate
 
 State = dict[str, np.ndarray]
@@ -31,10 +37,15 @@ class ModelFacts:
     layer_flops: dict[str, int]  # dense FLOPs per sample of every prunable layer
     total_flops: int
     dense_params: int
+    structured: bool  # structured masks: count the cost of the compact model
 
     @classmethod
     def of(
-        cls, model: nn.Module, input_shape: tuple[int, ...], skip: list[str] | None
+        cls,
+        model: nn.Module,
+        input_shape: tuple[int, ...],
+        skip: list[str] | None,
+        structured: bool = False,
     ) -> ModelFacts:
         named = dict(model.named_parameters())
         targets = tuple(pruning_targets(model, skip))
@@ -45,10 +56,13 @@ class ModelFacts:
             layer_flops=layer_flops(model, input_shape),
             total_flops=total_flops(model, input_shape),
             dense_params=sum(p.numel() for p in named.values()),
+            structured=structured,
         )
 
     def cost(self, state: State) -> ModelCost:
-        return state_cost({p: state[p] for p in self.params}, self.layer_flops, self.total_flops)
+        params = {p: state[p] for p in self.params}
+        count = chained_cost if self.structured else state_cost
+        return count(params, self.layer_flops, self.total_flops)
 
 
 @dataclass
@@ -67,7 +81,9 @@ class Fleet:
     def __init__(self, cfg: Config, facts: ModelFacts) -> None:
         self.cfg = cfg
         self.facts = facts
-        self.prune_rounds = pruning_rounds(cfg.rounds, cfg.prune_until, cfg.prune_every)
+        self.prune_rounds = pruning_rounds(
+            cfg.rounds, cfg.prune_start, cfg.prune_until, cfg.prune_every
+        )
         tiers = assign_tiers(cfg.clients, cfg.device_mix, cfg.seed)
         self.clients = [self._record(cid, tier) for cid, tier in enumerate(tiers)]
 

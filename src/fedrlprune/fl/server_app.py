@@ -23,6 +23,7 @@ from fedrlprune.data.federated import global_test
 from fedrlprune.data.loaders import ArrayDataset, load_dataset
 from fedrlprune.devices import TIERS, simulated_round, training_flops
 from fedrlprune.errors import FedRLPruneError, PayloadError
+from fedrlprune.experiments.export import CHECKPOINT, save_checkpoint
 from fedrlprune.experiments.progress import RunProgress
 from fedrlprune.experiments.results import RunRecorder, default_out_dir
 from fedrlprune.fl import protocol
@@ -54,7 +55,9 @@ def serve(
     torch.manual_seed(cfg.seed)
     factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
     model = factory(dataset.input_shape, dataset.num_classes)
-    facts = ModelFacts.of(model, dataset.input_shape, cfg.skip_list())
+    facts = ModelFacts.of(
+        model, dataset.input_shape, cfg.skip_list(), cfg.prune_mode == "structured"
+    )
     fleet = Fleet(cfg, facts)
     state, global_masks = get_state(model), {}
 
@@ -151,6 +154,8 @@ def serve(
         summary["wall_seconds"] = time.perf_counter() - started
         summary["out_dir"] = str(out_dir)
         torch.save(model.state_dict(), out_dir / "global_model.pt")
+        own = {c.cid: c.masks for c in fleet.clients if c.masks is not None}
+        save_checkpoint(out_dir / CHECKPOINT, state, global_masks, own)
         recorder.finish(summary)
     except BaseException:
         recorder.close()

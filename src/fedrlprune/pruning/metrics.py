@@ -159,3 +159,41 @@ def state_cost(
         effective_flops=total - saved,
         layer_density=density,
     )
+
+
+def chained_cost(
+    params: Mapping[str, np.ndarray], flops: Mapping[str, int], total: int
+) -> ModelCost:
+    """Cost of a structured-pruned model as its compact form would have it: a removed output
+    channel of one layer also removes the matching inputs of the next prunable layer (and of the
+    classifier head), which `state_cost` would still count. Assumes the prunable layers form a
+    chain in definition order (LeNet, the FedAvg CNN, MLPs, VGG), a flatten between conv and
+    linear keeping channel-major order; for residual models it is an estimate (export the model
+    for the exact figure)."""
+    dense_params, _ = count_nonzero(params)
+    layer_keys = {f"{name}.weight" for name in flops} | {f"{name}.bias" for name in flops}
+    _, nonzero = count_nonzero({k: v for k, v in params.items() if k not in layer_keys})
+    density: dict[str, float] = {}
+    saved = 0
+    kept_prev: np.ndarray | None = None  # kept output channels of the previous layer
+    for name, layer_flops_ in flops.items():
+        w = np.asarray(params[f"{name}.weight"])
+        rows = w.reshape(w.shape[0], -1)
+        kept_out = np.flatnonzero(np.any(rows != 0, axis=1))
+        cols = w.reshape(w.shape[0], w.shape[1], -1)
+        if kept_prev is not None and w.ndim >= 2 and w.shape[1] % kept_prev.size == 0:
+            group = w.shape[1] // kept_prev.size  # inputs per previous channel (flatten)
+            kept_in = np.zeros(w.shape[1], bool)
+            for c in np.flatnonzero(kept_prev):
+                kept_in[c * group : (c + 1) * group] = True
+            cols = cols[:, kept_in]
+        sub = cols[kept_out]
+        nonzero += int(np.count_nonzero(sub))
+        bias = params.get(f"{name}.bias")
+        if bias is not None:
+            nonzero += int(np.count_nonzero(np.asarray(bias)[kept_out]))
+        density[name] = np.count_nonzero(sub) / w.size
+        saved += round(layer_flops_ * (1 - density[name]))
+        kept_prev = np.zeros(w.shape[0], bool)
+        kept_prev[kept_out] = True
+    return ModelCost(dense_params, nonzero, total, total - saved, density)

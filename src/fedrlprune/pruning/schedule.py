@@ -10,10 +10,13 @@ from fedrlprune.devices import Budget
 MAX_RATE = 0.99  # never prune a layer to nothing: the model must still compute something
 
 
-def pruning_rounds(rounds: int, until: float, every: int) -> list[int]:
-    """Rounds at which clients prune: 1, 1+every, ... up to `until` of the run (at least one)."""
-    last = max(1, math.floor(until * rounds))
-    return list(range(1, last + 1, every))
+def pruning_rounds(rounds: int, start: float, until: float, every: int) -> list[int]:
+    """Rounds at which clients prune: from just after `start` of the run, every `every` rounds,
+    up to `until` of the run; at least one round. Dense rounds before `start` give magnitudes
+    meaning: pruning a freshly initialised model by magnitude is pruning at random."""
+    first = min(math.floor(start * rounds) + 1, rounds)
+    last = max(first, math.floor(until * rounds))
+    return list(range(first, last + 1, every))
 
 
 def scheduled_rate(final: float, step: int, steps: int) -> float:

@@ -1,0 +1,129 @@
+"""Deployable models from a results folder: the global model and one model per device tier.
+
+A run leaves `checkpoint.npz` (the global weights, the global mask and every client's mask,
+arrays only). `export_results` rebuilds each deployed model (global weights under a mask),
+compacts it when the mask is structured (whole channels gone, so it is physically smaller and
+faster), writes it as ONNX, and tabulates what each costs in parameters, FLOPs and bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedrlprune.config import Config
+from fedrlprune.data.loaders import ArrayDataset, load_dataset
+from fedrlprune.errors import FedRLPruneError
+from fedrlprune.fl.training import set_state
+from fedrlprune.models import ModelFactory, build_model
+from fedrlprune.pruning.compact import compact_model, export_onnx
+from fedrlprune.pruning.masks import Masks, apply_masks
+from fedrlprune.pruning.metrics import model_cost
+from fedrlprune.pruning.payload import encode, encoded_bytes
+
+State = dict[str, np.ndarray]
+CHECKPOINT = "checkpoint.npz"
+
+
+def save_checkpoint(
+    path: Path, state: State, global_masks: Masks, client_masks: dict[int, Masks]
+) -> None:
+    """Weights and masks as flat named arrays (no pickle): `state/...`, `mask/<who>/...`."""
+    arrays = {f"state/{k}": v for k, v in state.items()}
+    arrays |= {f"mask/global/{k}": v for k, v in global_masks.items()}
+    for cid, masks in client_masks.items():
+        arrays |= {f"mask/client{cid}/{k}": v for k, v in masks.items()}
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+
+
+def load_checkpoint(path: Path) -> tuple[State, Masks, dict[int, Masks]]:
+    if not path.is_file():
+        raise FedRLPruneError(f"{path} is missing: is this the results folder of a finished run?")
+    state: State = {}
+    global_masks: Masks = {}
+    client_masks: dict[int, Masks] = {}
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            kind, _, rest = key.partition("/")
+            if kind == "state":
+                state[rest] = data[key]
+                continue
+            who, _, name = rest.partition("/")
+            if who == "global":
+                global_masks[name] = data[key]
+            elif match := re.fullmatch(r"client(\d+)", who):
+                client_masks.setdefault(int(match.group(1)), {})[name] = data[key]
+    return state, global_masks, client_masks
+
+
+def export_results(
+    results: Path,
+    *,
+    model_fn: ModelFactory | None = None,
+    data: ArrayDataset | None = None,
+) -> list[dict[str, Any]]:
+    """Write `export/` in the results folder: ONNX models and `export.md`; return the rows."""
+    cfg = Config.load(results / "config.toml")
+    summary = json.loads((results / "summary.json").read_text())
+    if summary.get("model") == "user" and model_fn is None:
+        raise FedRLPruneError(
+            "this run used your own model: export it from Python with "
+            "export_results(path, model_fn=..., data=...)"
+        )
+    dataset = data if data is not None else load_dataset(cfg.dataset, cfg.data_path or None)
+    shape = dataset.input_shape
+    factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
+    state, global_masks, client_masks = load_checkpoint(results / CHECKPOINT)
+
+    targets: dict[str, Masks] = {"global": global_masks}
+    for entry in summary["per_client"]:  # the first client of each tier stands for its tier
+        name = f"tier-{entry['tier']}"
+        if name not in targets:
+            targets[name] = client_masks.get(entry["client"], global_masks)
+
+    out = results / "export"
+    out.mkdir(exist_ok=True)
+    rows = []
+    for name, masks in targets.items():
+        model = factory(shape, dataset.num_classes)
+        deployed = apply_masks(state, masks)
+        set_state(model, deployed)
+        model.eval()
+        structured = cfg.prune_mode == "structured" and bool(masks)
+        runnable = compact_model(model, masks, shape) if structured else model
+        export_onnx(runnable, shape, out / f"{name}.onnx")
+        cost = model_cost(runnable, shape)
+        rows.append(
+            {
+                "model": name,
+                "form": "compact (channels removed)" if structured else "masked (sparse weights)",
+                "params_in_file": cost.dense_params,
+                "nonzero_params": cost.nonzero_params,
+                "effective_flops": cost.effective_flops,
+                "file_bytes": (out / f"{name}.onnx").stat().st_size,
+                "sparse_bytes": encoded_bytes(encode(deployed, masks)),
+            }
+        )
+    _write_table(out / "export.md", rows, structured=cfg.prune_mode == "structured")
+    return rows
+
+
+def _write_table(path: Path, rows: list[dict[str, Any]], structured: bool) -> None:
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += [
+        "| " + " | ".join(f"{r[h]:,}" if isinstance(r[h], int) else str(r[h]) for h in head) + " |"
+        for r in rows
+    ]
+    note = (
+        "Structured masks: each model is rebuilt without its pruned channels, so FLOPs and the "
+        "file shrink."
+        if structured
+        else "Unstructured masks: the ONNX file keeps dense shapes (zeros inside); "
+        "`sparse_bytes` is the size in our sparse storage format (bitmask or indices + values)."
+    )
+    path.write_text("# Exported models\n\n" + "\n".join(lines) + "\n\n" + note + "\n")

@@ -1,0 +1,225 @@
+"""Double DQN (van Hasselt et al. 2016) with replay, a hard-updated target net and ε-greedy.
+
+Written by hand rather than taken from a library: the Q-network must read out and load in as
+plain arrays for federated averaging, and the whole algorithm fits in one readable file.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DQNConfig:
+    """Hyperparameters; gamma 1 because the only reward comes at the end of a short episode."""
+
+    hidden: int = 64
+    lr: float = 1e-3
+    gamma: float = 1.0
+    batch_size: int = 32
+    buffer_size: int = 5000
+    learning_starts: int = 32  # transitions stored before the first gradient step
+    train_every: int = 1  # env steps between gradient steps
+    target_every: int = 50  # gradient steps between hard target-net updates
+    max_grad_norm: float = 10.0
+
+
+class QNetwork(nn.Module):
+    """MLP from an observation to one Q-value per action."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, n_actions),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ReplayBuffer:
+    """Fixed-size ring buffer of transitions in numpy arrays; the oldest are overwritten."""
+
+    def __init__(self, obs_dim: int, size: int) -> None:
+        self.obs = np.zeros((size, obs_dim), dtype=np.float32)
+        self.next_obs = np.zeros((size, obs_dim), dtype=np.float32)
+        self.actions = np.zeros(size, dtype=np.int64)
+        self.rewards = np.zeros(size, dtype=np.float32)
+        self.dones = np.zeros(size, dtype=np.float32)
+        self.size, self.pos, self.full = size, 0, False
+
+    def __len__(self) -> int:
+        return self.size if self.full else self.pos
+
+    def add(
+        self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, done: bool
+    ) -> None:
+        i = self.pos
+        self.obs[i], self.actions[i], self.rewards[i] = obs, action, reward
+        self.next_obs[i], self.dones[i] = next_obs, float(done)
+        self.pos = (self.pos + 1) % self.size
+        self.full = self.full or self.pos == 0
+
+    def sample(self, batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+        """A uniform batch, with replacement: tensors (obs, actions, rewards, next_obs, dones)."""
+        idx = rng.integers(0, len(self), size=batch)
+        arrays = (self.obs, self.actions, self.rewards, self.next_obs, self.dones)
+        return tuple(torch.from_numpy(a[idx]) for a in arrays)
+
+
+class DQNAgent:
+    """Online and target Q-networks, a replay buffer and an Adam optimiser; seeded throughout."""
+
+    def __init__(
+        self, obs_dim: int, n_actions: int, cfg: DQNConfig = DQNConfig(), seed: int = 0
+    ) -> None:
+        self.cfg = cfg
+        self.n_actions = n_actions
+        self.rng = np.random.default_rng(seed)  # exploration and replay sampling
+        with torch.random.fork_rng(devices=[]):  # seed the init without touching global state
+            torch.manual_seed(seed)
+            self.q = QNetwork(obs_dim, n_actions, cfg.hidden)
+        self.target = copy.deepcopy(self.q)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr)
+        self.buffer = ReplayBuffer(obs_dim, cfg.buffer_size)
+        self.env_steps = 0
+        self.learn_steps = 0
+
+    def greedy(self, obs: np.ndarray) -> int:
+        with torch.no_grad():
+            q = self.q(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
+        return int(q.argmax(dim=1).item())
+
+    def act(self, obs: np.ndarray, epsilon: float) -> int:
+        """ε-greedy; always draws once from the agent's rng so runs replay exactly."""
+        if self.rng.random() < epsilon:
+            return int(self.rng.integers(self.n_actions))
+        return self.greedy(obs)
+
+    def remember(
+        self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, done: bool
+    ) -> None:
+        self.buffer.add(obs, action, reward, next_obs, done)
+        self.env_steps += 1
+
+    def learn(self) -> float | None:
+        """One gradient step on a replay batch; None until learning_starts transitions exist."""
+        cfg = self.cfg
+        if len(self.buffer) < max(cfg.learning_starts, 1):
+            return None
+        obs, actions, rewards, next_obs, dones = self.buffer.sample(cfg.batch_size, self.rng)
+        with torch.no_grad():
+            # Double DQN: the online net picks a', the target net values it (less overestimation)
+            next_actions = self.q(next_obs).argmax(dim=1, keepdim=True)
+            next_q = self.target(next_obs).gather(1, next_actions).squeeze(1)
+            td_target = rewards + cfg.gamma * (1.0 - dones) * next_q
+        q = self.q(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+        loss = F.smooth_l1_loss(q, td_target)
+        self.optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.q.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.learn_steps += 1
+        if self.learn_steps % cfg.target_every == 0:
+            self.target.load_state_dict(self.q.state_dict())
+        return float(loss.item())
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """The online Q-network as numpy copies: what a client sends to be averaged."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.q.state_dict().items()}
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Load into the online and the target net, so bootstrapping starts from the same net."""
+        own = self.q.state_dict()
+        missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+        if missing or extra:
+            raise ValueError(f"Q-network weights missing {missing}, unexpected {extra}")
+        for name, value in weights.items():
+            if tuple(np.shape(value)) != tuple(own[name].shape):
+                raise ValueError(
+                    f"Q-network array {name!r} has shape {np.shape(value)}, "
+                    f"expected {tuple(own[name].shape)}"
+                )
+        state = {
+            name: torch.tensor(np.asarray(value), dtype=own[name].dtype)
+            for name, value in weights.items()
+        }
+        self.q.load_state_dict(state)
+        self.target.load_state_dict(state)
+
+
+def epsilon_at(step: int, start: float, end: float, decay_steps: int) -> float:
+    """Linear decay from `start` at step 0 to `end` at `decay_steps`, then flat."""
+    if decay_steps <= 0:
+        return end
+    return start + min(step / decay_steps, 1.0) * (end - start)
+
+
+def run_episode(
+    env: gym.Env, agent: DQNAgent, epsilon: float, learn: bool = True
+) -> tuple[float, dict[str, Any]]:
+    """One episode; with `learn`, store each transition and learn every `train_every` steps."""
+    obs, info = env.reset()
+    total, done = 0.0, False
+    while not done:
+        action = agent.act(obs, epsilon)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+        total += float(reward)
+        if learn:
+            # a truncated episode is cut, not over: its last state still has a future to bootstrap
+            agent.remember(obs, action, float(reward), next_obs, terminated)
+            if agent.env_steps % agent.cfg.train_every == 0:
+                agent.learn()
+        obs = next_obs
+    return total, info
+
+
+def train(
+    env: gym.Env, agent: DQNAgent, episodes: int, eps_start: float, eps_end: float
+) -> list[float]:
+    """`episodes` episodes with ε decaying linearly from eps_start (first) to eps_end (last)."""
+    return [
+        run_episode(env, agent, epsilon_at(i, eps_start, eps_end, episodes - 1))[0]
+        for i in range(episodes)
+    ]
+
+
+def greedy_rates(env: gym.Env, agent: DQNAgent) -> dict[str, Any]:
+    """The policy's choice: one greedy episode without learning; its final info (rates etc.)."""
+    return run_episode(env, agent, epsilon=0.0, learn=False)[1]
+
+
+def average_weights(weights: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Plain (unweighted) mean of Q-networks: the federated averaging of the pruning policy."""
+    if not weights:
+        raise ValueError("average_weights needs at least one set of Q-network weights")
+    first = weights[0]
+    for i, w in enumerate(weights[1:], start=1):
+        if set(w) != set(first):
+            raise ValueError(
+                f"Q-network weights {i} name arrays {sorted(w)}, the first names {sorted(first)}"
+            )
+        for name, value in w.items():
+            if np.shape(value) != np.shape(first[name]):
+                raise ValueError(
+                    f"Q-network array {name!r} of weights {i} has shape {np.shape(value)}, "
+                    f"the first has {np.shape(first[name])}"
+                )
+    return {
+        name: np.mean(np.stack([w[name] for w in weights]), axis=0).astype(first[name].dtype)
+        for name in first
+    }

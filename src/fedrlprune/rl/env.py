@@ -1,0 +1,238 @@
+"""The pruning MDP as a gymnasium.Env: one episode walks a client's prunable layers in order.
+
+Each step picks a pruning rate for one layer (AMC, He et al. ECCV 2018, with client features
+added so one policy can serve many clients). An action wall clips each rate up so the layers
+still to come can meet the client's budget; pruned weights and FLOPs are counted exactly as
+``fedrlprune.pruning.schedule.budget_rate`` counts them, so the env's figures match the masks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from torch import nn
+
+from fedrlprune.devices import Budget, within_budget
+from fedrlprune.errors import ConfigError
+from fedrlprune.pruning.metrics import layer_flops, prunable_layers
+
+RATES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+REWARDS = ("acc_cost", "amc")
+OBS_DIM = 18
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What the policy sees of one prunable layer; linear layers have kernel and stride 1."""
+
+    name: str
+    kind: str  # "conv" | "linear"
+    in_ch: int
+    out_ch: int
+    kernel: int
+    stride: int
+    weights: int
+    flops: int
+
+
+def layer_infos(
+    model: nn.Module, input_shape: tuple[int, ...], targets: Sequence[str]
+) -> list[LayerInfo]:
+    """LayerInfo of each layer in `targets`, in the given order, with dense per-sample FLOPs."""
+    layers = prunable_layers(model)
+    unknown = [name for name in targets if name not in layers]
+    if unknown:
+        raise ConfigError(
+            f"cannot build the pruning env for {unknown}: not prunable layers of "
+            f"{type(model).__name__}; name layers from: {', '.join(layers)}"
+        )
+    flops = layer_flops(model, input_shape)
+    infos = []
+    for name in targets:
+        mod = layers[name]
+        if isinstance(mod, nn.Linear):
+            kind, in_ch, out_ch, kernel, stride = "linear", mod.in_features, mod.out_features, 1, 1
+        else:
+            kind, in_ch, out_ch = "conv", mod.in_channels, mod.out_channels
+            kernel, stride = max(mod.kernel_size), max(mod.stride)
+        infos.append(
+            LayerInfo(name, kind, in_ch, out_ch, kernel, stride, mod.weight.numel(), flops[name])
+        )
+    return infos
+
+
+@dataclass(frozen=True)
+class ClientFeatures:
+    """What the policy sees of the client, so one universal policy can tell clients apart."""
+
+    flops_budget: float  # budget share of dense FLOPs (0..1)
+    params_budget: float  # budget share of dense params (0..1)
+    data_size: float  # local data size, normalised to about 0..1 (e.g. n / max n)
+    label_entropy: float  # normalised 0..1
+    round_fraction: float  # current round / all rounds
+
+
+class PruningEnv(gym.Env[np.ndarray, int]):
+    """Step t sets layer t's pruning rate; the reward comes once, from the pruned model.
+
+    `evaluate` gets {layer: rate} and returns the pruned model's accuracy (0..1) on the client's
+    validation split. `floor` holds each layer's current sparsity: pruning is progressive and
+    monotone, so a rate below it would change nothing and is raised to it.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[LayerInfo],
+        *,
+        total_params: int,
+        total_flops: int,
+        budget: Budget,
+        evaluate: Callable[[dict[str, float]], float],
+        client: ClientFeatures,
+        floor: Mapping[str, float] | None = None,
+        reward: str = "acc_cost",
+        cost_weight: float = 0.5,
+        rates: Sequence[float] = RATES,
+    ) -> None:
+        if not layers:
+            raise ConfigError("the pruning env needs at least one layer to prune; got none")
+        if reward not in REWARDS:
+            raise ConfigError(f"unknown RL reward {reward!r}; use one of: {', '.join(REWARDS)}")
+        if budget.max_flops <= 0 or budget.max_params <= 0:
+            raise ConfigError(f"budget limits must be positive, got {budget}")
+        if total_params <= 0 or total_flops <= 0:
+            raise ConfigError(
+                f"total_params and total_flops must be positive, got {total_params}, {total_flops}"
+            )
+        if not rates or not all(0 <= r < 1 for r in rates):
+            raise ConfigError(f"pruning rates must be a non-empty list in [0, 1), got {rates}")
+        names = [layer.name for layer in layers]
+        floor = dict(floor or {})
+        unknown = sorted(set(floor) - set(names))
+        if unknown:
+            raise ConfigError(f"floor names layers not in the env: {unknown}; use: {names}")
+        bad = {name: value for name, value in floor.items() if not 0 <= value < 1}
+        if bad:
+            raise ConfigError(f"floor (current sparsity) must be in [0, 1), got {bad}")
+
+        self.layers = list(layers)
+        self.total_params = total_params
+        self.total_flops = total_flops
+        self.budget = budget
+        self.evaluate = evaluate
+        self.client = client
+        self.floor = [floor.get(name, 0.0) for name in names]
+        self.reward_kind = reward
+        self.cost_weight = cost_weight
+        self.rates = tuple(float(r) for r in rates)
+        self.action_space = gym.spaces.Discrete(len(self.rates))
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (OBS_DIM,), np.float32)
+
+        self._chosen: list[float] = []  # effective rates of the layers done so far
+        self._max_in = max(layer.in_ch for layer in self.layers)
+        self._max_out = max(layer.out_ch for layer in self.layers)
+        self._max_kernel = max(layer.kernel for layer in self.layers)
+        self._max_stride = max(layer.stride for layer in self.layers)
+        self._log_max_weights = math.log1p(max(layer.weights for layer in self.layers))
+        self._target_weights = sum(layer.weights for layer in self.layers)
+
+    # -- cost counting, exactly as schedule.budget_rate ------------------------------------
+
+    def _removed(self, rates: Sequence[float]) -> tuple[int, float]:
+        """(weights, FLOPs) removed by pruning layer i at rates[i], for the first len(rates)."""
+        weights, flops = 0, 0.0
+        for layer, rate in zip(self.layers, rates, strict=False):
+            pruned = math.floor(rate * layer.weights)
+            weights += pruned
+            flops += layer.flops * pruned / layer.weights
+        return weights, flops
+
+    def cost(self, rates: Sequence[float]) -> tuple[int, float]:
+        """(params, FLOPs) of the model with layer i pruned at rates[i] (all layers given)."""
+        weights, flops = self._removed(rates)
+        return self.total_params - weights, self.total_flops - flops
+
+    def _reachable(self, t: int, rate: float) -> bool:
+        """Whether the budget can still be met with layer t at `rate` and all later at the max."""
+        top = max(self.rates)
+        later = [max(top, f) for f in self.floor[t + 1 :]]
+        params, flops = self.cost([*self._chosen, rate, *later])
+        return within_budget(self.budget, flops, params)
+
+    def _wall(self, t: int) -> float:
+        """Smallest rate that keeps the budget reachable (the max rate when none does)."""
+        ok = [r for r in self.rates if self._reachable(t, max(r, self.floor[t]))]
+        return min(ok) if ok else max(self.rates)
+
+    # -- observation -------------------------------------------------------------------------
+
+    def _observation(self) -> np.ndarray:
+        t, T, layer = len(self._chosen), len(self.layers), self.layers[len(self._chosen)]
+        removed = self._removed(self._chosen)[1]
+        rest = sum(later.flops for later in self.layers[t + 1 :])
+        # the model's sparsity as it stands: decided layers at their rate, the rest at their floor
+        sparse = self._removed([*self._chosen, *self.floor[t:]])[0]
+        c = self.client
+        obs = [
+            t / max(T - 1, 1),
+            float(layer.kind == "conv"),
+            layer.in_ch / self._max_in,
+            layer.out_ch / self._max_out,
+            layer.kernel / self._max_kernel,
+            layer.stride / self._max_stride,
+            math.log1p(layer.weights) / self._log_max_weights,
+            layer.flops / self.total_flops,
+            removed / self.total_flops,
+            rest / self.total_flops,
+            self._chosen[-1] if self._chosen else 0.0,
+            c.flops_budget,
+            c.params_budget,
+            c.data_size,
+            c.label_entropy,
+            c.round_fraction,
+            self.floor[t],
+            sparse / self._target_weights,
+        ]
+        return np.clip(np.asarray(obs, dtype=np.float32), 0.0, 1.0)
+
+    # -- gymnasium API -----------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._chosen = []
+        return self._observation(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is not in {self.action_space}")
+        t = len(self._chosen)
+        if t >= len(self.layers):
+            raise RuntimeError("the episode is over; call reset() before stepping again")
+        rate = max(self.rates[int(action)], self.floor[t], self._wall(t))
+        self._chosen.append(rate)
+        info: dict[str, Any] = {"rate": rate}
+        if len(self._chosen) < len(self.layers):
+            return self._observation(), 0.0, False, False, info
+
+        rates = {layer.name: r for layer, r in zip(self.layers, self._chosen, strict=True)}
+        params, flops = self.cost(self._chosen)
+        acc = float(self.evaluate(rates))
+        if self.reward_kind == "acc_cost":
+            reward = acc - self.cost_weight * flops / self.total_flops
+        else:  # amc: R_FLOPs = -error * log(FLOPs), scaled to O(1)
+            reward = -(1.0 - acc) * math.log(max(flops, 1.0)) / math.log(self.total_flops)
+        info |= {
+            "rates": rates,
+            "accuracy": acc,
+            "flops": flops,
+            "params": params,
+            "within_budget": within_budget(self.budget, flops, params),
+        }
+        return np.zeros(OBS_DIM, dtype=np.float32), float(reward), True, False, info
