@@ -1,4 +1,5 @@
-"""Double DQN (van Hasselt et al. 2016) with replay, a hard-updated target net and ε-greedy.
+"""Double DQN (van Hasselt et al. 2016) with replay, a hard-updated target net and ε-greedy;
+by default each step's target is its episode return, as in AMC (see DQNConfig.monte_carlo).
 
 Written by hand rather than taken from a library: the Q-network must read out and load in as
 plain arrays for federated averaging, and the whole algorithm fits in one readable file.
@@ -31,6 +32,11 @@ class DQNConfig:
     train_every: int = 1  # env steps between gradient steps
     target_every: int = 50  # gradient steps between hard target-net updates
     max_grad_norm: float = 10.0
+    # Regress each step's Q on its return-to-go instead of a bootstrapped TD target (AMC gives
+    # every step the final reward). The pruning env's observation cannot carry every earlier
+    # layer's rate, so TD targets through it lose which earlier action earned the reward: with
+    # TD only the last layer learned in tests/test_agent.py's pruning task, with returns all did.
+    monte_carlo: bool = True
 
 
 class QNetwork(nn.Module):
@@ -171,21 +177,29 @@ def epsilon_at(step: int, start: float, end: float, decay_steps: int) -> float:
 def run_episode(
     env: gym.Env, agent: DQNAgent, epsilon: float, learn: bool = True
 ) -> tuple[float, dict[str, Any]]:
-    """One episode; with `learn`, store each transition and learn every `train_every` steps."""
+    """One episode; with `learn`, store its transitions at the end (the return-to-go is known
+    only then) and take one gradient step every `train_every` stored transitions."""
     obs, info = env.reset()
-    total, done = 0.0, False
+    episode, done = [], False
     while not done:
         action = agent.act(obs, epsilon)
         next_obs, reward, terminated, truncated, info = env.step(action)
         done = terminated or truncated
-        total += float(reward)
-        if learn:
-            # a truncated episode is cut, not over: its last state still has a future to bootstrap
-            agent.remember(obs, action, float(reward), next_obs, terminated)
+        # a truncated episode is cut, not over: its last state still has a future to bootstrap
+        episode.append((obs, action, float(reward), next_obs, terminated))
+        obs = next_obs
+    rewards = [reward for _, _, reward, _, _ in episode]
+    if learn:
+        to_go, returns = 0.0, [0.0] * len(episode)
+        for t in reversed(range(len(episode))):
+            to_go = returns[t] = rewards[t] + agent.cfg.gamma * to_go
+        for (obs, action, reward, next_obs, terminated), ret in zip(episode, returns, strict=True):
+            if agent.cfg.monte_carlo:
+                reward, terminated = ret, True  # the target is the return: nothing to bootstrap
+            agent.remember(obs, action, reward, next_obs, terminated)
             if agent.env_steps % agent.cfg.train_every == 0:
                 agent.learn()
-        obs = next_obs
-    return total, info
+    return sum(rewards), info
 
 
 def train(

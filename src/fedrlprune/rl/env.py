@@ -224,8 +224,9 @@ class PruningEnv(gym.Env[np.ndarray, int]):
         rates = {layer.name: r for layer, r in zip(self.layers, self._chosen, strict=True)}
         params, flops = self.cost(self._chosen)
         acc = float(self.evaluate(rates))
-        if self.reward_kind == "acc_cost":
-            reward = acc - self.cost_weight * flops / self.total_flops
+        if self.reward_kind == "acc_cost":  # cost: mean share of FLOPs and parameters kept
+            cost = (flops / self.total_flops + params / self.total_params) / 2
+            reward = acc - self.cost_weight * cost
         else:  # amc: R_FLOPs = -error * log(FLOPs), scaled to O(1)
             reward = -(1.0 - acc) * math.log(max(flops, 1.0)) / math.log(self.total_flops)
         info |= {
