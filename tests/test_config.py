@@ -10,7 +10,7 @@ from fedrlprune.errors import ConfigError
 
 def test_defaults_are_the_documented_default_run() -> None:
     cfg = Config()
-    assert (cfg.dataset, cfg.model, cfg.method) == ("fashion-mnist", "lenet5", "fedavg")
+    assert (cfg.dataset, cfg.model, cfg.method) == ("fashion-mnist", "lenet5", "fedrlprune")
     assert (cfg.clients, cfg.rounds, cfg.partition, cfg.alpha) == (10, 20, "dirichlet", 0.5)
 
 

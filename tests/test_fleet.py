@@ -28,7 +28,9 @@ def test_fedavg_never_prunes(facts: ModelFacts) -> None:
 
 
 def test_magnitude_rates_follow_the_schedule_and_the_budgets(facts: ModelFacts) -> None:
-    cfg = Config.from_dict({"method": "magnitude", "prune_rate": 0.5, "clients": 8})
+    cfg = Config.from_dict(
+        {"method": "magnitude", "prune_rate": 0.5, "clients": 8, "respect_budgets": True}
+    )
     fleet = Fleet(cfg, facts)
     assert fleet.prune_rounds == [3, 4, 5, 6, 7, 8, 9, 10]
     for rec in fleet.clients:

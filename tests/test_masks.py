@@ -337,3 +337,23 @@ def test_sparsity_by_hand() -> None:
     assert overall_sparsity({}, state) == 0.0
     with pytest.raises(ConfigError, match="names no parameter"):
         overall_sparsity(masks, {"a.weight": state["a.weight"]})
+
+
+@pytest.mark.parametrize("mode", ["unstructured", "structured"])
+def test_ranking_gives_exactly_what_magnitude_masks_gives(mode: str) -> None:
+    from fedrlprune.pruning.masks import MagnitudeRanking
+
+    torch.manual_seed(0)
+    model = build_model("lenet5", (1, 28, 28), 10)
+    state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    layers = ["conv1", "conv2", "fc1", "fc2"]
+    current = magnitude_masks(state, dict.fromkeys(layers, 0.3), mode)
+    ranking = MagnitudeRanking(state, layers, mode, current)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        rates = {layer: float(rng.choice([0.0, 0.2, 0.5, 0.9, 0.98])) for layer in layers}
+        want = magnitude_masks(state, rates, mode, current)
+        got = ranking.masks(rates)
+        assert set(got) == set(want)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)

@@ -14,7 +14,14 @@ from fedrlprune.errors import FedRLPruneError
 from fedrlprune.experiments.runner import run_experiment
 
 # digits ships with scikit-learn: a real dataset with no files, small enough for a test.
-TINY = {"dataset": "digits", "model": "mlp", "clients": 3, "rounds": 2, "lr": 0.05}
+TINY = {
+    "dataset": "digits",
+    "model": "mlp",
+    "method": "fedavg",
+    "clients": 3,
+    "rounds": 2,
+    "lr": 0.05,
+}
 FILES = (
     "config.toml",
     "metrics.csv",
@@ -104,7 +111,7 @@ def test_user_model_and_user_arrays_through_the_api(tmp_path: Path) -> None:
             return self.head(torch.relu(self.conv(x)).flatten(1))
 
     summary = run_experiment(
-        {"clients": 2, "rounds": 3, "partition": "iid", "lr": 0.05},
+        {"method": "fedavg", "clients": 2, "rounds": 3, "partition": "iid", "lr": 0.05},
         model_fn=lambda shape, classes: Tiny(shape[0], classes),
         data=(x_train, y_train, x_test, y_test),
         out_dir=tmp_path / "user",
@@ -135,6 +142,7 @@ def test_magnitude_run_prunes_within_budgets_and_exports(
         "prune_mode": "structured",
         "prune_start": 0.0,
         "prune_until": 1.0,
+        "respect_budgets": True,
     }
     out = tmp_path / "mag"
     s = run_experiment(cfg, out_dir=out, live=False)
@@ -153,3 +161,31 @@ def test_magnitude_run_prunes_within_budgets_and_exports(
     assert "compact (channels removed)" in table
     for name in ["global", *{f"tier-{c['tier']}" for c in s["per_client"]}]:
         assert (out / "export" / f"{name}.onnx").stat().st_size > 0
+
+
+def test_fedrlprune_run_keeps_every_budget_and_reports_rates(tmp_path: Path) -> None:
+    cfg = {
+        "dataset": "digits",
+        "model": "mlp",
+        "clients": 4,
+        "rounds": 3,
+        "lr": 0.05,
+        "heldout_clients": 1,
+        "rl_episodes": 4,
+        "prune_start": 0.0,
+        "prune_until": 1.0,
+        "device_mix": "sbc,phone,laptop,laptop",  # budgets the MLP can reach
+    }
+    out = tmp_path / "rl"
+    s = run_experiment(cfg, out_dir=out, live=False)
+    assert s["method"] == "fedrlprune"
+    assert s["budget_satisfaction"] == 1.0
+    assert s["budget_satisfaction_heldout"] == 1.0
+    assert sum(c["heldout"] for c in s["per_client"]) == 1
+    assert s["rl_episodes_total"] == 3 * 3 * 4  # 3 pruning rounds, 3 learning clients, 4 each
+    rows = list(csv.DictReader((out / "rates.csv").open()))
+    assert {r["layer"] for r in rows} == {"fc1", "fc2"}
+    assert {int(r["round"]) for r in rows} == {1, 2, 3}
+    assert (out / "rates.png").is_file() and (out / "policy.npz").is_file()
+    with np.load(out / "policy.npz", allow_pickle=False) as policy:
+        assert len(policy.files) > 0

@@ -20,8 +20,9 @@ import tomli_w
 from fedrlprune.data.loaders import DATASETS
 from fedrlprune.data.partition import PARTITIONS
 from fedrlprune.errors import ConfigError
+from fedrlprune.rl.env import REWARDS
 
-METHODS = ("fedavg", "magnitude")
+METHODS = ("fedrlprune", "fedavg", "magnitude")
 PRUNE_MODES = ("unstructured", "structured")
 AGGREGATIONS = ("vote", "lotteryfl", "hermes", "naive")
 UNKEPT = ("previous", "zero")
@@ -52,7 +53,7 @@ class Config:
     model: str = _key(
         "lenet5", "model from the registry (the Python API also takes your own nn.Module)"
     )
-    method: str = _key("fedavg", "federated method to run", choices=METHODS)
+    method: str = _key("fedrlprune", "federated method to run", choices=METHODS)
     clients: int = _key(10, "number of clients (the data is split among them)", lo=1, hi=10_000)
     rounds: int = _key(20, "federated rounds", lo=1, hi=100_000)
     fraction: float = _key(
@@ -115,7 +116,27 @@ class Config:
         "mixed", "device tiers of the clients: `mixed`, one tier, or a comma list (cycled)"
     )
     respect_budgets: bool = _key(
-        True, "clients prune at least as much as their device budget demands"
+        False,
+        "`magnitude`: clients also prune as much as their device budget demands (off: one "
+        "rate for everyone, the traditional baseline; `fedrlprune` always keeps budgets)",
+    )
+    rl_episodes: int = _key(
+        12, "`fedrlprune`: DQN episodes each client trains per pruning round", lo=1, hi=10_000
+    )
+    rl_reward: str = _key(
+        "acc_cost", "reward: accuracy minus cost, or AMC's -error*log(FLOPs)", choices=REWARDS
+    )
+    rl_cost_weight: float = _key(
+        0.3, "weight of the cost (mean share of FLOPs and params kept) in `acc_cost`", lo=0, hi=100
+    )
+    rl_lr: float = _key(1e-3, "learning rate of the Q-network", lo=0, hi=1, lo_open=True)
+    rl_eps_start: float = _key(1.0, "exploration at the first pruning round", lo=0, hi=1)
+    rl_eps_end: float = _key(0.05, "exploration at the last pruning round", lo=0, hi=1)
+    rl_federated: bool = _key(
+        True, "average the clients' Q-networks into one policy (false: each keeps its own)"
+    )
+    heldout_clients: int = _key(
+        0, "clients that never train the policy and use it as it is (zero-shot)", lo=0
     )
     eval_every: int = _key(1, "evaluate the global model every N rounds (and the last)", lo=1)
     seed: int = _key(0, "seed of partitions, sampling, initial weights and training", lo=0)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt
@@ -23,6 +24,10 @@ SUMMARY_ROWS = (
     ("dense_flops", "FLOPs per sample, dense", "{:,}"),
     ("effective_flops", "FLOPs per sample, effective", "{:,}"),
     ("flops_reduction", "FLOPs reduction (dense / effective)", "{:.2f}x"),
+    ("deployed_accuracy_mean", "clients' deployed models, global test accuracy, mean", "{:.4f}"),
+    ("deployed_param_reduction", "clients' deployed models, parameter reduction", "{:.2f}x"),
+    ("deployed_flops_reduction", "clients' deployed models, FLOPs reduction", "{:.2f}x"),
+    ("budget_satisfaction", "share of clients inside their device budget", "{:.2f}"),
     ("upload_bytes_total", "upload, bytes in all", "{:,}"),
     ("download_bytes_total", "download, bytes in all", "{:,}"),
     ("rounds_completed", "rounds completed", "{}"),
@@ -30,12 +35,19 @@ SUMMARY_ROWS = (
 )
 
 
-def write_report(out_dir: Path, rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> None:
-    """Plots of accuracy and bytes per round, and a markdown page that shows them."""
+def write_report(
+    out_dir: Path,
+    rows: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+    rates: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Plots of accuracy, bytes and pruning rates per round, and a page that shows them."""
     plots = []
     if rows:
         plots.append(_plot_accuracy(out_dir, rows))
         plots.append(_plot_bytes(out_dir, rows))
+    if rates:
+        plots.append(_plot_rates(out_dir, rates))
     title = f"{summary['method']} on {summary['dataset']} with {summary['model']}"
     lines = [
         f"# {title}",
@@ -95,3 +107,25 @@ def _plot_bytes(out_dir: Path, rows: Sequence[dict[str, Any]]) -> str:
     fig.savefig(out_dir / "bytes.png", dpi=120)
     plt.close(fig)
     return "bytes.png"
+
+
+def _plot_rates(out_dir: Path, rates: Sequence[dict[str, Any]]) -> str:
+    """One panel per layer: the mean rate each device tier chose, round by round."""
+    layers = list(dict.fromkeys(r["layer"] for r in rates))
+    tiers = sorted({r["tier"] for r in rates})
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), sharey=True)
+    for ax, layer in zip(np.atleast_1d(axes), layers, strict=True):
+        for tier in tiers:
+            picked = [r for r in rates if r["layer"] == layer and r["tier"] == tier]
+            rounds = sorted({r["round"] for r in picked})
+            means = [np.mean([r["rate"] for r in picked if r["round"] == x]) for x in rounds]
+            ax.plot(rounds, means, marker="o", markersize=3, label=tier)
+        ax.set_title(layer)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("pruning rate (mean over the tier)")
+    np.atleast_1d(axes)[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "rates.png", dpi=120)
+    plt.close(fig)
+    return "rates.png"

@@ -29,9 +29,12 @@ ROUND_COLUMNS = (
     "nonzero_params",
     "effective_flops",
     "upload_bytes",
+    "upload_vs_dense",
     "download_bytes",
     "round_seconds",
     "client_train_seconds_mean",
+    "rl_seconds_mean",
+    "rl_episodes",
     "sim_seconds",
     "sim_joules",
 )
@@ -50,6 +53,7 @@ class RunRecorder:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.toml").write_text(cfg.to_toml())
         self.rows: list[dict[str, Any]] = []
+        self.rates: list[dict[str, Any]] = []
         self._csv = out_dir / "metrics.csv"
         with self._csv.open("w", newline="") as fh:
             csv.writer(fh).writerow(ROUND_COLUMNS)
@@ -66,13 +70,35 @@ class RunRecorder:
         with self._csv.open("a", newline="") as fh:
             csv.writer(fh).writerow([_cell(row.get(c)) for c in ROUND_COLUMNS])
 
+    def add_rates(
+        self, rnd: int, client: int, tier: str, heldout: bool, rates: dict[str, float]
+    ) -> None:
+        """The per-layer pruning rates a client chose this round (rates.csv)."""
+        new = [
+            {"round": rnd, "client": client, "tier": tier, "heldout": int(heldout),
+             "layer": layer, "rate": rate}
+            for layer, rate in rates.items()
+        ]  # fmt: skip
+        if not new:
+            return
+        path = self.out_dir / "rates.csv"
+        with path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(new[0]))
+            if not self.rates:
+                writer.writeheader()
+            writer.writerows(new)
+        self.rates += new
+
     def write_json(self, name: str, data: Any) -> None:
         (self.out_dir / name).write_text(json.dumps(_finite(data), indent=2) + "\n")
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Write summary.json and the report; return the summary as written (NaN as None)."""
+        summary = _finite(summary)
         self.write_json("summary.json", summary)
-        write_report(self.out_dir, self.rows, summary)
+        write_report(self.out_dir, self.rows, summary, self.rates)
         self.close()
+        return summary
 
     def close(self) -> None:
         for name in ("fedrlprune", "flwr"):

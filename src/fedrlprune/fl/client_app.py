@@ -1,14 +1,17 @@
-"""The Flower ClientApp: a thin adapter that moves records in and out of local training.
+"""The Flower ClientApp: a thin adapter that moves records in and out of local work.
 
 Each message carries the whole run config, so a client (simulated or a real SuperNode) needs
-only its partition id (`partition-id` in its node config) to rebuild its own data split.
+only its partition id (`partition-id` in its node config) to rebuild its own data split. The
+work itself: `prune` (the method's rule: magnitude, or the DQN policy), then `train` with the
+mask enforced; at the end, `deploy` prunes to the final budget and evaluates.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -17,11 +20,23 @@ from torch import nn
 from fedrlprune.config import Config
 from fedrlprune.data.federated import FederatedData, federate, federate_named
 from fedrlprune.data.loaders import ArrayDataset
+from fedrlprune.devices import Budget
 from fedrlprune.errors import FedRLPruneError
 from fedrlprune.fl import protocol
 from fedrlprune.fl.training import as_tensors, evaluate, get_state, set_state, train
 from fedrlprune.models import ModelFactory, build_model
-from fedrlprune.pruning.masks import MaskEnforcer, apply_masks, magnitude_masks, pruning_targets
+from fedrlprune.pruning.masks import (
+    MaskEnforcer,
+    Masks,
+    apply_masks,
+    magnitude_masks,
+    pruning_targets,
+)
+from fedrlprune.pruning.metrics import total_flops
+from fedrlprune.rl.env import LayerInfo, layer_infos
+from fedrlprune.rl.prune import RLSettings, client_features, new_agent, rl_prune
+
+State = dict[str, np.ndarray]
 
 
 @dataclass
@@ -30,10 +45,15 @@ class _Local:
 
     x_train: torch.Tensor
     y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
     model: nn.Module
+    input_shape: tuple[int, ...]
     stats: dict[str, Any]  # sizes and label histogram, for the partition report
+    layers: list[LayerInfo] = field(default_factory=list)  # counted on first RL use
+    total_flops: int = 0
 
 
 def make_client_app(
@@ -51,13 +71,15 @@ def make_client_app(
             if any(k[0] != cfg for k in cache):
                 cache.clear()  # a new run in this worker: drop the last run's clients
             fed: FederatedData = federate(cfg, data) if data is not None else federate_named(cfg)
-            x_tr, y_tr, _, _, x_te, y_te = fed.client(cid)
+            x_tr, y_tr, x_va, y_va, x_te, y_te = fed.client(cid)
             ds = fed.dataset
             factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
             cache[key] = _Local(
                 *as_tensors(x_tr, y_tr),
+                *as_tensors(x_va, y_va),
                 *as_tensors(x_te, y_te),
                 factory(ds.input_shape, ds.num_classes),
+                ds.input_shape,
                 fed.client_stats(cid),
             )
         return cid, cache[key]
@@ -73,11 +95,7 @@ def make_client_app(
         cfg, extra = protocol.config_from_record(msg.content[protocol.CONFIG])
         cid, loc = local(cfg, context)
         state, masks = protocol.unpack(msg.content[protocol.ARRAYS], get_state(loc.model))
-        rate = float(extra.get("prune_rate", 0.0))
-        if rate > 0.0:
-            targets = pruning_targets(loc.model, cfg.skip_list())
-            masks = magnitude_masks(state, dict.fromkeys(targets, rate), cfg.prune_mode, masks)
-            state = apply_masks(state, masks)
+        state, masks, metrics, policy = prune(cfg, loc, state, masks, extra, msg, cid)
         set_state(loc.model, state)
         result = train(
             loc.model,
@@ -91,38 +109,107 @@ def make_client_app(
             seed=cfg.seed * 1_000_003 + int(extra["round"]) * 10_007 + cid,
             hook=MaskEnforcer(loc.model, masks) if masks else None,
         )
-        metrics = {
+        metrics |= {
             "partition-id": cid,
             "num-examples": len(loc.y_train),
             "epochs": cfg.local_epochs,
             "train-loss": result.loss,
             "train-seconds": result.seconds,
         }
-        content = RecordDict(
-            {
-                protocol.ARRAYS: protocol.pack(get_state(loc.model), masks),
-                protocol.METRICS: MetricRecord(metrics),
-            }
-        )
-        return Message(content, reply_to=msg)
+        content = {
+            protocol.ARRAYS: protocol.pack(get_state(loc.model), masks),
+            protocol.METRICS: MetricRecord(metrics),
+        }
+        if policy is not None:
+            content[protocol.POLICY] = protocol.pack(policy, {})
+        return Message(RecordDict(content), reply_to=msg)
 
     @app.evaluate()
-    def score(msg: Message, context: Context) -> Message:
-        """Evaluate the model this client deploys (sent under its own mask) on its test split."""
-        cfg, _ = protocol.config_from_record(msg.content[protocol.CONFIG])
+    def deploy(msg: Message, context: Context) -> Message:
+        """Prune the final global model to this client's final budget (the method's rule, with
+        the policy as it is: no training), evaluate it on the local test split, send it back."""
+        cfg, extra = protocol.config_from_record(msg.content[protocol.CONFIG])
         cid, loc = local(cfg, context)
-        state, _ = protocol.unpack(msg.content[protocol.ARRAYS], get_state(loc.model))
+        state, masks = protocol.unpack(msg.content[protocol.ARRAYS], get_state(loc.model))
+        state, masks, metrics, _ = prune(cfg, loc, state, masks, extra, msg, cid)
         set_state(loc.model, state)
         loss, acc = evaluate(loc.model, loc.x_test, loc.y_test)
-        metrics = {
+        metrics |= {
             "partition-id": cid,
             "num-examples": len(loc.y_test),
             "test-loss": loss,
             "test-accuracy": acc,
         }
-        return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
+        content = {
+            protocol.ARRAYS: protocol.pack(state, masks),
+            protocol.METRICS: MetricRecord(metrics),
+        }
+        return Message(RecordDict(content), reply_to=msg)
 
     return app
+
+
+def prune(
+    cfg: Config,
+    loc: _Local,
+    state: State,
+    masks: Masks,
+    extra: dict[str, Any],
+    msg: Message,
+    cid: int,
+) -> tuple[State, Masks, dict[str, Any], dict[str, np.ndarray] | None]:
+    """The method's pruning rule for this call: (state, masks, metrics, trained policy)."""
+    targets = pruning_targets(loc.model, cfg.skip_list())
+    rate = float(extra.get("prune_rate", 0.0))
+    if rate > 0.0:
+        masks = magnitude_masks(state, dict.fromkeys(targets, rate), cfg.prune_mode, masks)
+        return apply_masks(state, masks), masks, {}, None
+    if protocol.POLICY not in msg.content:
+        return state, masks, {}, None
+    if not loc.layers:
+        loc.layers = layer_infos(loc.model, loc.input_shape, targets)
+        loc.total_flops = total_flops(loc.model, loc.input_shape)
+    policy, _ = protocol.unpack(msg.content[protocol.POLICY], new_agent(0).get_weights())
+    result = rl_prune(
+        loc.model,
+        state,
+        masks,
+        loc.layers,
+        mode=cfg.prune_mode,
+        total_params=sum(p.numel() for p in loc.model.parameters()),
+        total_flops=loc.total_flops,
+        budget=Budget(float(extra["budget_flops"]), float(extra["budget_params"])),
+        client=client_features(
+            float(extra["flops_share"]),
+            float(extra["params_share"]),
+            len(loc.y_train),
+            float(loc.stats["label_entropy"]),
+            float(extra["progress"]),
+        ),
+        x_val=loc.x_val,
+        y_val=loc.y_val,
+        policy=policy,
+        settings=RLSettings(
+            episodes=cfg.rl_episodes,
+            eps_start=float(extra["eps_start"]),
+            eps_end=float(extra["eps_end"]),
+            reward=cfg.rl_reward,
+            cost_weight=cfg.rl_cost_weight,
+            lr=cfg.rl_lr,
+            learn=bool(extra["learn"]),
+            rate_scale=float(extra["rate_scale"]),
+            seed=cfg.seed * 7_919 + int(extra["round"]) * 101 + cid,
+        ),
+    )
+    metrics: dict[str, Any] = {f"rate/{layer}": r for layer, r in result.rates.items()}
+    metrics |= {
+        "rl-seconds": result.seconds,
+        "rl-episodes": result.episodes,
+        "rl-val-accuracy": result.val_accuracy,
+        "rl-within-budget": int(result.within_budget),
+    }
+    trained = result.policy if result.episodes else None
+    return apply_masks(state, result.masks), result.masks, metrics, trained
 
 
 def partition_id(context: Context, cfg: Config) -> int:

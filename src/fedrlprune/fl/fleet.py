@@ -86,6 +86,8 @@ class Fleet:
         )
         tiers = assign_tiers(cfg.clients, cfg.device_mix, cfg.seed)
         self.clients = [self._record(cid, tier) for cid, tier in enumerate(tiers)]
+        order = np.random.default_rng(cfg.seed + 17).permutation(cfg.clients)
+        self.heldout = {int(c) for c in order[: cfg.heldout_clients]}
 
     def _record(self, cid: int, tier: str) -> ClientRecord:
         limit = budget(TIERS[tier], self.facts.total_flops, self.facts.dense_params)
@@ -111,6 +113,37 @@ class Fleet:
         step = self.prune_rounds.index(rnd) + 1
         return scheduled_rate(final, step, len(self.prune_rounds))
 
+    def step(self, rnd: int) -> int:
+        """1-based pruning step of round `rnd`; 0 when the round does not prune."""
+        return self.prune_rounds.index(rnd) + 1 if rnd in self.prune_rounds else 0
+
+    def budget_now(self, cid: int, step: int) -> Budget:
+        """The budget at pruning step `step`: from the dense model toward the client's budget
+        along the same cubic schedule as `magnitude`, so pruning stays progressive."""
+        final, frac = self.clients[cid].budget, scheduled_rate(1.0, step, len(self.prune_rounds))
+        return Budget(
+            self.facts.total_flops - frac * (self.facts.total_flops - final.max_flops),
+            self.facts.dense_params - frac * (self.facts.dense_params - final.max_params),
+        )
+
+    def rl_extras(self, cid: int, step: int, learn: bool) -> dict[str, float | int]:
+        """What a client needs to run its pruning MDP at step `step` (final budget when 0)."""
+        steps = len(self.prune_rounds)
+        limit = self.budget_now(cid, step or steps)
+        profile = TIERS[self.clients[cid].tier]
+        eps = np.linspace(self.cfg.rl_eps_start, self.cfg.rl_eps_end, steps + 1)
+        return {
+            "budget_flops": limit.max_flops,
+            "budget_params": limit.max_params,
+            "flops_share": profile.flops_budget,
+            "params_share": profile.params_budget,
+            "progress": (step or steps) / steps,
+            "rate_scale": scheduled_rate(1.0, step or steps, steps),
+            "eps_start": float(eps[max(step, 1) - 1]),
+            "eps_end": float(eps[max(step, 1)]),
+            "learn": int(learn and cid not in self.heldout),
+        }
+
     def masks_for(self, cid: int, global_masks: Masks) -> Masks:
         """A client's own mask, or the global one for a client that has not pruned yet."""
         own = self.clients[cid].masks
@@ -127,6 +160,7 @@ class Fleet:
         return {
             "client": cid,
             "tier": rec.tier,
+            "heldout": cid in self.heldout,
             "rounds_trained": len(rec.seen_rounds),
             "nonzero_params": cost.nonzero_params,
             "effective_flops": cost.effective_flops,

@@ -21,6 +21,7 @@ from fedrlprune.pruning.masks import Masks
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
+POLICY = "policy"  # the pruning policy's Q-network, on its own path beside the model
 
 # Message types beside Flower's "train" and "evaluate": a handshake that asks each node which
 # partition (client id) it holds, so the server can sample clients reproducibly by client id.

@@ -32,6 +32,8 @@ from fedrlprune.fl.fleet import Fleet, ModelFacts
 from fedrlprune.fl.training import as_tensors, evaluate, get_state, set_state
 from fedrlprune.models import ModelFactory, build_model
 from fedrlprune.pruning.masks import Masks, apply_masks
+from fedrlprune.rl.federation import PolicyStore, save_policy
+from fedrlprune.rl.prune import new_agent
 
 log = logging.getLogger("fedrlprune")
 State = dict[str, np.ndarray]
@@ -59,7 +61,9 @@ def serve(
         model, dataset.input_shape, cfg.skip_list(), cfg.prune_mode == "structured"
     )
     fleet = Fleet(cfg, facts)
+    policies = PolicyStore(new_agent(cfg.seed).get_weights(), cfg.rl_federated)
     state, global_masks = get_state(model), {}
+    dense_upload = protocol.record_bytes(protocol.pack(state, {}))  # one dense model
 
     recorder = RunRecorder(out_dir, cfg)
     title = f"{cfg.method} {cfg.dataset}/{cfg.model}"
@@ -74,17 +78,24 @@ def serve(
                 t0 = time.perf_counter()
                 chosen = sorted(rng.choice(cfg.clients, size=per_round, replace=False).tolist())
                 progress.round_started(rnd, len(chosen))
-                sent = {c: protocol.pack(state, fleet.masks_for(c, global_masks)) for c in chosen}
-                extras = {c: {"round": rnd, "prune_rate": fleet.rate_now(c, rnd)} for c in chosen}
-                replies = _exchange(grid, nodes, sent, extras, "train", cfg, rnd, progress)
+                sent = {
+                    c: _instructions(cfg, fleet, policies, c, rnd, state, global_masks)
+                    for c in chosen
+                }
+                replies = _exchange(grid, nodes, sent, "train", cfg, rnd, progress)
                 accepted = _accept(replies, state, rnd)
                 failed.update(set(chosen) - set(accepted))
+                policies.update(_trained_policies(replies, accepted, policies, rnd))
                 sim_seconds, sim_joules = 0.0, 0.0
                 for cid, (_, masks, metrics, up) in accepted.items():
                     fleet.clients[cid].masks = masks or None
                     fleet.clients[cid].seen_rounds.append(rnd)
-                    secs, joules = _simulated(fleet, cid, state, masks, metrics, up, sent[cid])
+                    down = sent[cid][0][protocol.ARRAYS]
+                    secs, joules = _simulated(fleet, cid, state, masks, metrics, up, down)
                     sim_seconds, sim_joules = max(sim_seconds, secs), sim_joules + joules
+                    recorder.add_rates(
+                        rnd, cid, fleet.clients[cid].tier, cid in fleet.heldout, _rates(metrics)
+                    )
                 if accepted:
                     state, global_masks = aggregate_sparse(
                         [a[0] for a in accepted.values()],
@@ -105,14 +116,15 @@ def serve(
                     evaluate(model, x_test, y_test) if evaluate_now else (float("nan"),) * 2
                 )
                 cost = facts.cost(deployed)
-                weights = [float(a[2]["num-examples"]) for a in accepted.values()]
+                metrics_of = [a[2] for a in accepted.values()]
+                weights = [float(m["num-examples"]) for m in metrics_of]
                 row = {
                     "round": rnd,
                     "clients_selected": len(chosen),
                     "clients_replied": len(accepted),
                     "clients_failed": len(chosen) - len(accepted),
                     "train_loss": _weighted_mean(
-                        [float(a[2]["train-loss"]) for a in accepted.values()], weights
+                        [float(m["train-loss"]) for m in metrics_of], weights
                     ),
                     "test_loss": test_loss,
                     "test_accuracy": test_acc,
@@ -120,23 +132,41 @@ def serve(
                     "nonzero_params": cost.nonzero_params,
                     "effective_flops": cost.effective_flops,
                     "upload_bytes": sum(a[3] for a in accepted.values()),
-                    "download_bytes": sum(protocol.record_bytes(r) for r in sent.values()),
+                    "upload_vs_dense": sum(a[3] for a in accepted.values())
+                    / (dense_upload * max(len(accepted), 1)),
+                    "download_bytes": sum(
+                        protocol.record_bytes(r) for recs, _ in sent.values() for r in recs.values()
+                    ),
                     "round_seconds": time.perf_counter() - t0,
                     "client_train_seconds_mean": _mean(
-                        [float(a[2]["train-seconds"]) for a in accepted.values()]
+                        [float(m["train-seconds"]) for m in metrics_of]
                     ),
+                    "rl_seconds_mean": _mean(
+                        [float(m["rl-seconds"]) for m in metrics_of if "rl-seconds" in m]
+                    ),
+                    "rl_episodes": sum(int(m.get("rl-episodes", 0)) for m in metrics_of),
                     "sim_seconds": sim_seconds,
                     "sim_joules": sim_joules,
                 }
                 recorder.add_round(row)
                 progress.round_done(rnd, _round_line(row))
 
-            progress.round_started(cfg.rounds, cfg.clients, "final client evaluation")
+            # Deployment: every client (held out or never selected too) prunes the final global
+            # model to its final budget by the method's rule, evaluates it and sends it back.
+            progress.round_started(cfg.rounds, cfg.clients, "deploy and evaluate")
             everyone = list(range(cfg.clients))
-            deployed_by = {c: fleet.deployed(c, state, global_masks) for c in everyone}
-            sent = {c: protocol.pack(deployed_by[c], {}) for c in everyone}
-            extras = {c: {"round": cfg.rounds} for c in everyone}
-            evals = _exchange(grid, nodes, sent, extras, "evaluate", cfg, cfg.rounds, progress)
+            sent = {
+                c: _instructions(cfg, fleet, policies, c, 0, state, global_masks) for c in everyone
+            }
+            evals = _exchange(grid, nodes, sent, "evaluate", cfg, cfg.rounds, progress)
+            deployed_by = {}
+            for cid in everyone:
+                try:
+                    _, masks = protocol.unpack(evals[cid].content[protocol.ARRAYS], state)
+                    fleet.clients[cid].masks = masks or fleet.clients[cid].masks
+                except (KeyError, PayloadError) as err:
+                    log.warning("client %d: no usable deployed model (%s)", cid, err)
+                deployed_by[cid] = fleet.deployed(cid, state, global_masks)
         per_client = []
         for cid in everyone:
             set_state(model, deployed_by[cid])
@@ -156,12 +186,58 @@ def serve(
         torch.save(model.state_dict(), out_dir / "global_model.pt")
         own = {c.cid: c.masks for c in fleet.clients if c.masks is not None}
         save_checkpoint(out_dir / CHECKPOINT, state, global_masks, own)
-        recorder.finish(summary)
+        save_policy(out_dir / "policy.npz", policies.universal)
+        summary = recorder.finish(summary)
     except BaseException:
         recorder.close()
         raise
     log.info("results in %s", out_dir)
     return summary
+
+
+Payload = tuple[dict[str, ArrayRecord], dict[str, Any]]  # records and per-call values
+
+
+def _instructions(
+    cfg: Config,
+    fleet: Fleet,
+    policies: PolicyStore,
+    cid: int,
+    rnd: int,
+    state: State,
+    global_masks: Masks,
+) -> Payload:
+    """What client `cid` gets: the global model under its mask, and the method's orders for this
+    round (`rnd` = 0: deployment, prune to the final budget without training the policy)."""
+    records = {protocol.ARRAYS: protocol.pack(state, fleet.masks_for(cid, global_masks))}
+    extras: dict[str, Any] = {"round": rnd or cfg.rounds}
+    if cfg.method == "magnitude":
+        final = fleet.clients[cid].final_rate
+        extras["prune_rate"] = final if rnd == 0 else fleet.rate_now(cid, rnd)
+    elif cfg.method == "fedrlprune" and (rnd == 0 or fleet.step(rnd)):
+        extras |= fleet.rl_extras(cid, fleet.step(rnd) if rnd else 0, learn=rnd > 0)
+        records[protocol.POLICY] = protocol.pack(policies.for_client(cid), {})
+    return records, extras
+
+
+def _trained_policies(
+    replies: dict[int, Message], accepted: dict[int, Accepted], policies: PolicyStore, rnd: int
+) -> dict[int, dict[str, np.ndarray]]:
+    """The Q-networks that came back with accepted replies, checked against the policy's shape."""
+    trained = {}
+    for cid in accepted:
+        content = replies[cid].content
+        if protocol.POLICY not in content:
+            continue
+        try:
+            trained[cid], _ = protocol.unpack(content[protocol.POLICY], policies.universal)
+        except PayloadError as err:
+            log.warning("round %d: refused the policy of client %d: %s", rnd, cid, err)
+    return trained
+
+
+def _rates(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k.removeprefix("rate/"): float(v) for k, v in metrics.items() if k.startswith("rate/")}
 
 
 Accepted = tuple[State, Masks, dict[str, Any], int]  # state, masks, metrics, upload bytes
@@ -253,7 +329,20 @@ def _summary(
         "deployed_param_reduction": cost.dense_params / deployed_params,
         "deployed_flops_reduction": cost.dense_flops / deployed_flops,
         "budget_satisfaction": _mean([float(c["within_budget"]) for c in per_client]),
+        **_groups(per_client),
+        "train_seconds_total": sum(
+            r["client_train_seconds_mean"] * r["clients_replied"]
+            for r in rows
+            if r["clients_replied"]
+        ),
+        "rl_seconds_total": sum(
+            r["rl_seconds_mean"] * r["clients_replied"]
+            for r in rows
+            if not np.isnan(r["rl_seconds_mean"])
+        ),
+        "rl_episodes_total": sum(r["rl_episodes"] for r in rows),
         "upload_bytes_total": sum(r["upload_bytes"] for r in rows),
+        "upload_vs_dense_last_round": rows[-1]["upload_vs_dense"],
         "download_bytes_total": sum(r["download_bytes"] for r in rows),
         "sim_seconds_total": sum(r["sim_seconds"] for r in rows),
         "sim_joules_total": sum(r["sim_joules"] for r in rows),
@@ -299,28 +388,22 @@ def _handshake(grid: Grid, cfg: Config) -> tuple[dict[int, int], list[dict[str, 
 def _exchange(
     grid: Grid,
     nodes: dict[int, int],
-    sent: dict[int, ArrayRecord],
-    extras: dict[int, dict[str, Any]],
+    sent: dict[int, Payload],
     kind: str,
     cfg: Config,
     rnd: int,
     progress: RunProgress,
 ) -> dict[int, Message]:
-    """Send each chosen client its record and extras, collect replies in client order."""
+    """Send each chosen client its records and per-call values; replies in client order."""
     by_node = {nodes[cid]: cid for cid in sent}
     msgs = [
         Message(
-            RecordDict(
-                {
-                    protocol.ARRAYS: record,
-                    protocol.CONFIG: protocol.config_record(cfg, **extras[cid]),
-                }
-            ),
+            RecordDict({**records, protocol.CONFIG: protocol.config_record(cfg, **extras)}),
             dst_node_id=nodes[cid],
             message_type=kind,
             group_id=str(rnd),
         )
-        for cid, record in sent.items()
+        for cid, (records, extras) in sent.items()
     ]
     pending = set(grid.push_messages(msgs))
     replies: dict[int, Message] = {}
@@ -336,6 +419,17 @@ def _exchange(
         if pending:
             time.sleep(0.05)
     return dict(sorted(replies.items()))
+
+
+def _groups(per_client: list[dict[str, Any]]) -> dict[str, float]:
+    """Budget satisfaction and deployed accuracy of the clients that trained the policy and of
+    the held-out ones, side by side: the generalisation the universal policy claims."""
+    out = {}
+    for name, heldout in (("trained", False), ("heldout", True)):
+        group = [c for c in per_client if c["heldout"] == heldout]
+        out[f"budget_satisfaction_{name}"] = _mean([float(c["within_budget"]) for c in group])
+        out[f"deployed_accuracy_{name}"] = _mean([c["accuracy_global_test"] for c in group])
+    return out
 
 
 def _weighted_mean(values: list[float], weights: list[float]) -> float:

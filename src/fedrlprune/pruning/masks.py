@@ -253,3 +253,54 @@ def masks_from_state(
         if _layer_bias(state, layer, channels) is not None:
             out[f"{layer}.bias"] = alive
     return out
+
+
+class MagnitudeRanking:
+    """The order in which `magnitude_masks` prunes each layer, sorted once for many rate vectors.
+
+    An RL episode tries a new rate per layer each time; re-sorting a million-weight layer per
+    episode would cost more than evaluating the model. `masks(rates)` gives exactly what
+    `magnitude_masks(state, rates, mode, current)` gives, by cutting the precomputed order.
+    """
+
+    def __init__(
+        self,
+        state: Mapping[str, np.ndarray],
+        layers: Sequence[str],
+        mode: str = "unstructured",
+        current: Masks | None = None,
+    ) -> None:
+        _check_mode(mode)
+        self.mode = mode
+        self.current = {k: np.asarray(v, dtype=bool) for k, v in (current or {}).items()}
+        self._order: dict[str, tuple[np.ndarray, int, np.ndarray, bool]] = {}
+        for layer in layers:
+            weight = _layer_weight(state, layer)
+            keep = _existing(current, f"{layer}.weight", weight.shape)
+            if mode == "unstructured":
+                scores, alive = np.abs(weight).ravel(), keep.ravel()
+            else:
+                alive = keep.reshape(weight.shape[0], -1).any(axis=1)
+                scores = np.where(keep, np.abs(weight), 0).reshape(weight.shape[0], -1).sum(1)
+            live = np.flatnonzero(alive)
+            order = np.concatenate(
+                [np.flatnonzero(~alive), live[np.argsort(scores[live], kind="stable")]]
+            )
+            has_bias = _layer_bias(state, layer, weight.shape[0]) is not None
+            self._order[layer] = (order, int((~alive).sum()), keep, has_bias)
+
+    def masks(self, rates: Mapping[str, float]) -> Masks:
+        out: Masks = {k: v.copy() for k, v in self.current.items()}
+        for layer, rate in rates.items():
+            order, dead, keep, has_bias = self._order[layer]
+            pruned = np.ones(order.size, dtype=bool)
+            pruned[order[max(_prune_count(rate, order.size), dead) :]] = False
+            if self.mode == "unstructured":
+                out[f"{layer}.weight"] = ~pruned.reshape(keep.shape)
+                continue
+            alive = ~pruned
+            out[f"{layer}.weight"] = keep & alive.reshape((-1,) + (1,) * (keep.ndim - 1))
+            if has_bias:
+                bias = self.current.get(f"{layer}.bias", np.ones(alive.size, dtype=bool))
+                out[f"{layer}.bias"] = bias & alive
+        return out

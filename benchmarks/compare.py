@@ -1,0 +1,101 @@
+"""Side-by-side runs that differ in named settings only: ablations with one command.
+
+Every variant shares the base settings (`--set`), so data, seed, clients and devices match and
+the only difference is the variant's own overrides. Two ablations ship as presets:
+
+    .venv/bin/python benchmarks/compare.py --preset aggregation    # sparse rule vs naive FedAvg
+    .venv/bin/python benchmarks/compare.py --preset policy         # federated vs local agents
+
+Writes a markdown table and JSON to benchmarks/results/<preset>.md / .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fedrlprune.config import Config
+from fedrlprune.experiments.runner import run_experiment
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # One rate for everyone (no budgets), so both rules see the same sparsity.
+    "aggregation": {
+        "base": ["method=magnitude", "prune_rate=0.8"],
+        "variants": {"vote": ["aggregation=vote"], "naive": ["aggregation=naive"]},
+    },
+    # The universal policy against one agent per client that never shares what it learned.
+    "policy": {
+        "base": ["method=fedrlprune", "heldout_clients=2"],
+        "variants": {"federated": ["rl_federated=true"], "local": ["rl_federated=false"]},
+    },
+}
+COLUMNS = (
+    "final_accuracy",
+    "deployed_accuracy_mean",
+    "deployed_accuracy_heldout",
+    "budget_satisfaction",
+    "budget_satisfaction_heldout",
+    "pruned_layers_density",
+    "deployed_param_reduction",
+    "deployed_flops_reduction",
+    "upload_bytes_total",
+    "upload_vs_dense_last_round",
+    "wall_seconds",
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/<preset>.md")
+    args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    out = args.out or Path("benchmarks/results") / f"{args.preset}.md"
+
+    rows = []
+    for name, changes in preset["variants"].items():
+        cfg = Config.load(None, [*preset["base"], *args.overrides, *changes])
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = run_experiment(cfg, out_dir=Path(tmp) / name, live=False)
+        rows.append({"variant": name, **{c: summary.get(c) for c in COLUMNS}})
+        print(json.dumps(rows[-1]), flush=True)
+
+    lines = [
+        f"# Ablation: {args.preset}",
+        "",
+        f"Command: `.venv/bin/python {shlex.join(sys.argv)}`",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; "
+        f"date {time.strftime('%Y-%m-%d')}.",
+        f"Base settings: {', '.join(preset['base'] + args.overrides)}; variants: "
+        + "; ".join(f"{n}: {', '.join(c)}" for n, c in preset["variants"].items())
+        + ".",
+        "",
+        "| variant | " + " | ".join(COLUMNS) + " |",
+        "| --- |" + " --- |" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(_fmt(v) for v in row.values()) + " |" for row in rows]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+if __name__ == "__main__":
+    main()
