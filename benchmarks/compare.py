@@ -31,6 +31,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base": ["method=magnitude", "prune_rate=0.8"],
         "variants": {"vote": ["aggregation=vote"], "naive": ["aggregation=naive"]},
     },
+    # The method against dense FedAvg on the FedAvg CNN, 20 clients of mixed device tiers.
+    "method": {
+        "base": ["model=cnn", "clients=20", "local_epochs=1", "data_fraction=0.5"],
+        "variants": {"fedavg": ["method=fedavg"], "fedrlprune": ["method=fedrlprune"]},
+    },
     # The universal policy against one agent per client that never shares what it learned.
     "policy": {
         "base": ["method=fedrlprune", "heldout_clients=2"],
