@@ -1,9 +1,12 @@
-"""Framework overhead: a plain PyTorch loop against one federated round of the same client.
+"""Framework overhead: a plain PyTorch loop against one federated round of the same client,
+and what the pruning agent of `fedrlprune` costs beside local training.
 
 Both train the same client split with the same model, epochs, batch size and optimiser, side by
 side in one run. The federated figure is the server's wall time of a whole round (send the model,
 client trains, reply, check, aggregate): what a user waits for. Rounds that evaluate the global
-model are left out, as is the first round (Ray workers warming up).
+model are left out, as is the first round (Ray workers warming up). The agent's cost comes
+from a `fedrlprune` run of the same client: per pruning round, its episodes (one validation
+evaluation each, plus one greedy episode) and seconds against the round's local training.
 
     .venv/bin/python benchmarks/overhead.py --rounds 6 --out benchmarks/results/overhead.json
 """
@@ -53,15 +56,34 @@ def plain_seconds(cfg: Config, repeats: int) -> tuple[list[float], int]:
     return times, len(y) * cfg.local_epochs
 
 
-def federated_seconds(cfg: Config) -> tuple[list[float], list[float]]:
-    """Round wall times and the client's own training times, from the run's metrics.csv."""
+def metrics_rows(cfg: Config) -> list[dict[str, str]]:
+    """The per-round rows of one run's metrics.csv."""
     with tempfile.TemporaryDirectory() as tmp:
         run_experiment(cfg, out_dir=Path(tmp) / "run", live=False)
-        rows = list(csv.DictReader((Path(tmp) / "run" / "metrics.csv").open()))
-    rows = [r for r in rows[1:] if r["test_accuracy"] == ""]
+        return list(csv.DictReader((Path(tmp) / "run" / "metrics.csv").open()))
+
+
+def federated_seconds(cfg: Config) -> tuple[list[float], list[float]]:
+    """Round wall times and the client's own training times, leaving out warm-up and eval."""
+    rows = [r for r in metrics_rows(cfg)[1:] if r["test_accuracy"] == ""]
     return [float(r["round_seconds"]) for r in rows], [
         float(r["client_train_seconds_mean"]) for r in rows
     ]
+
+
+def agent_cost(cfg: Config) -> dict[str, float]:
+    """Median seconds of the agent and of local training over the pruning rounds."""
+    rows = [r for r in metrics_rows(cfg) if r["rl_episodes"] not in ("", "0")]
+    rl = statistics.median(float(r["rl_seconds_mean"]) for r in rows)
+    local = statistics.median(float(r["client_train_seconds_mean"]) for r in rows)
+    return {
+        "pruning_rounds": len(rows),
+        "rl_episodes_per_round": int(rows[0]["rl_episodes"]),
+        "rl_evaluations_per_round": int(rows[0]["rl_episodes"]) + 1,
+        "rl_seconds_per_round_median": rl,
+        "local_train_seconds_per_round_median": local,
+        "rl_share_of_client_time": rl / (rl + local),
+    }
 
 
 def main() -> None:
@@ -82,11 +104,13 @@ def main() -> None:
             "rounds": rounds,
             "data_fraction": args.data_fraction,
             "eval_every": rounds,
+            "method": "fedavg",
         }
     )
     plain, samples = plain_seconds(cfg, args.rounds)
     fed_round, fed_train = federated_seconds(cfg)
     plain_med, round_med = statistics.median(plain), statistics.median(fed_round)
+    agent = agent_cost(Config.from_dict({"method": "fedrlprune", "prune_start": 0.0}, base=cfg))
     result = {
         "what": "samples per second: plain PyTorch loop vs one federated round, same client",
         "dataset": args.dataset,
@@ -100,6 +124,7 @@ def main() -> None:
         "ratio_federated_over_plain": plain_med / round_med,
         "overhead_seconds_per_round": round_med - plain_med,
         "repeats": len(plain),
+        "agent": agent,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
@@ -111,6 +136,10 @@ def main() -> None:
         f"federated  {result['federated_samples_per_second']:10.0f} samples/s\n"
         f"ratio      {result['ratio_federated_over_plain']:10.3f}  "
         f"(overhead {result['overhead_seconds_per_round']:.3f} s per round)\n"
+        f"agent      {agent['rl_seconds_per_round_median']:10.3f} s per pruning round "
+        f"({agent['rl_episodes_per_round']} episodes) against "
+        f"{agent['local_train_seconds_per_round_median']:.3f} s of local training: "
+        f"{100 * agent['rl_share_of_client_time']:.1f}% of the client's time\n"
         f"written to {args.out}"
     )
 

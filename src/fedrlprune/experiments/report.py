@@ -13,6 +13,8 @@ import numpy as np
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt
 
+from fedrlprune.devices import TIERS
+
 SUMMARY_ROWS = (
     ("final_accuracy", "final accuracy (global model, global test set)", "{:.4f}"),
     ("best_accuracy", "best accuracy over rounds", "{:.4f}"),
@@ -112,7 +114,8 @@ def _plot_bytes(out_dir: Path, rows: Sequence[dict[str, Any]]) -> str:
 def _plot_rates(out_dir: Path, rates: Sequence[dict[str, Any]]) -> str:
     """One panel per layer: the mean rate each device tier chose, round by round."""
     layers = list(dict.fromkeys(r["layer"] for r in rates))
-    tiers = sorted({r["tier"] for r in rates})
+    seen = {r["tier"] for r in rates}
+    tiers = [t for t in TIERS if t in seen] + sorted(seen - set(TIERS))  # weakest first
     fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), sharey=True)
     for ax, layer in zip(np.atleast_1d(axes), layers, strict=True):
         for tier in tiers:
