@@ -60,3 +60,13 @@ def test_deployed_model_is_the_global_model_under_the_clients_own_mask(
     fleet.clients[0].masks = {"w": np.array([True, False, False, False])}
     np.testing.assert_array_equal(fleet.deployed(0, state, global_masks)["w"], [1, 0, 0, 0])
     np.testing.assert_array_equal(fleet.deployed(1, state, global_masks)["w"], [1, 1, 1, 0])
+
+
+def test_deploy_masks_put_the_clients_mask_on_the_global_model(facts: ModelFacts) -> None:
+    fleet = Fleet(Config.from_dict({"method": "magnitude", "clients": 2}), facts)
+    global_masks = {"w": np.array([True, True, False, False]), "v": np.array([True, False])}
+    fleet.clients[0].masks = {"w": np.array([True, False, True, False])}
+    got = fleet.deploy_masks(0, global_masks)
+    np.testing.assert_array_equal(got["w"], [True, False, False, False])
+    np.testing.assert_array_equal(got["v"], [True, False])
+    assert fleet.deploy_masks(1, global_masks) == global_masks

@@ -121,7 +121,7 @@ class Config:
         "rate for everyone, the traditional baseline; `fedrlprune` always keeps budgets)",
     )
     rl_episodes: int = _key(
-        12, "`fedrlprune`: DQN episodes each client trains per pruning round", lo=1, hi=10_000
+        24, "`fedrlprune`: DQN episodes each client trains per pruning round", lo=1, hi=10_000
     )
     rl_reward: str = _key(
         "acc_cost", "reward: accuracy minus cost, or AMC's -error*log(FLOPs)", choices=REWARDS

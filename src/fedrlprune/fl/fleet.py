@@ -149,9 +149,20 @@ class Fleet:
         own = self.clients[cid].masks
         return own if own is not None else global_masks
 
+    def deploy_masks(self, cid: int, global_masks: Masks) -> Masks:
+        """The global model's mask and the client's own together: what a client deploys is the
+        global model (itself sparse under the global mask) under its own mask."""
+        own = self.clients[cid].masks or {}
+        keys = dict.fromkeys([*global_masks, *own])
+        return {
+            k: own[k] & global_masks[k] if k in own and k in global_masks
+            else own.get(k, global_masks.get(k))
+            for k in keys
+        }  # fmt: skip
+
     def deployed(self, cid: int, state: State, global_masks: Masks) -> State:
         """The model client `cid` runs: the global model under its own mask."""
-        return apply_masks(state, self.masks_for(cid, global_masks))
+        return apply_masks(state, self.deploy_masks(cid, global_masks))
 
     def report(self, cid: int, deployed: State) -> dict[str, Any]:
         """Per-client figures for summary.json: tier, cost, budget and whether it fits."""

@@ -209,7 +209,10 @@ def _instructions(
 ) -> Payload:
     """What client `cid` gets: the global model under its mask, and the method's orders for this
     round (`rnd` = 0: deployment, prune to the final budget without training the policy)."""
-    records = {protocol.ARRAYS: protocol.pack(state, fleet.masks_for(cid, global_masks))}
+    masks = (
+        fleet.deploy_masks(cid, global_masks) if rnd == 0 else fleet.masks_for(cid, global_masks)
+    )
+    records = {protocol.ARRAYS: protocol.pack(state, masks)}
     extras: dict[str, Any] = {"round": rnd or cfg.rounds}
     if cfg.method == "magnitude":
         final = fleet.clients[cid].final_rate

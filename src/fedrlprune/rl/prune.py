@@ -58,8 +58,10 @@ class RLResult:
 
 
 def new_agent(seed: int, lr: float = 1e-3) -> DQNAgent:
-    """The Q-network every client and the server share the shape of."""
-    return DQNAgent(OBS_DIM, len(ACTION_RATES), DQNConfig(lr=lr), seed=seed)
+    """The Q-network every client and the server share the shape of. A client's replay buffer
+    lives for one round (clients keep no state), so learning starts after a few episodes."""
+    cfg = DQNConfig(lr=lr, batch_size=16, learning_starts=16)
+    return DQNAgent(OBS_DIM, len(ACTION_RATES), cfg, seed=seed)
 
 
 def rl_prune(

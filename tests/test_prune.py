@@ -1,0 +1,77 @@
+"""A client's pruning step with the policy: inside the budget, monotone, held-out clients frozen."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedrlprune.devices import Budget
+from fedrlprune.fl.training import get_state
+from fedrlprune.models import build_model
+from fedrlprune.pruning.masks import magnitude_masks
+from fedrlprune.pruning.metrics import total_flops
+from fedrlprune.rl.env import layer_infos
+from fedrlprune.rl.prune import ACTION_RATES, RLSettings, client_features, new_agent, rl_prune
+
+SHAPE = (1, 28, 28)
+TARGETS = ["conv1", "conv2", "fc1", "fc2"]
+
+
+def _run(learn: bool, rate_scale: float = 1.0, masks: dict | None = None) -> tuple:
+    torch.manual_seed(0)
+    model = build_model("lenet5", SHAPE, 10)
+    state = get_state(model)
+    dense = sum(p.numel() for p in model.parameters())
+    flops = total_flops(model, SHAPE)
+    budget = Budget(max_flops=0.3 * flops, max_params=0.2 * dense)
+    x = torch.randn(64, *SHAPE)
+    y = torch.randint(0, 10, (64,))
+    policy = new_agent(3).get_weights()
+    result = rl_prune(
+        model,
+        state,
+        masks or {},
+        layer_infos(model, SHAPE, TARGETS),
+        mode="unstructured",
+        total_params=dense,
+        total_flops=flops,
+        budget=budget,
+        client=client_features(0.3, 0.2, 600, 0.8, 0.5),
+        x_val=x,
+        y_val=y,
+        policy=policy,
+        settings=RLSettings(
+            episodes=6, eps_start=1.0, eps_end=0.1, reward="acc_cost", cost_weight=0.3,
+            lr=1e-3, learn=learn, seed=1, rate_scale=rate_scale,
+        ),
+    )  # fmt: skip
+    return result, policy, state, dense, budget
+
+
+@pytest.mark.parametrize("learn", [True, False])
+def test_pruned_model_fits_the_budget(learn: bool) -> None:
+    result, _, _, dense, budget = _run(learn)
+    kept = sum(int(m.sum()) for m in result.masks.values())
+    masked = sum(m.size for m in result.masks.values())
+    assert result.within_budget
+    assert dense - (masked - kept) <= budget.max_params
+    assert set(result.rates) == set(TARGETS)
+
+
+def test_a_held_out_client_does_not_change_the_policy() -> None:
+    frozen, policy, *_ = _run(learn=False)
+    assert frozen.episodes == 0
+    assert all(np.array_equal(frozen.policy[k], policy[k]) for k in policy)
+    trained, policy, *_ = _run(learn=True)
+    assert trained.episodes == 6
+    assert any(not np.array_equal(trained.policy[k], policy[k]) for k in policy)
+
+
+def test_rates_are_scaled_by_the_schedule_and_never_undo_pruning() -> None:
+    torch.manual_seed(0)
+    state = get_state(build_model("lenet5", SHAPE, 10))
+    current = magnitude_masks(state, dict.fromkeys(TARGETS, 0.1))
+    result, *_ = _run(learn=True, rate_scale=0.5, masks=current)
+    for layer, rate in result.rates.items():
+        assert rate <= 0.5 * max(ACTION_RATES) + 1e-9 or rate == pytest.approx(0.1, abs=0.01)
+        key = f"{layer}.weight"
+        assert not (result.masks[key] & ~current[key]).any()  # pruned stays pruned
