@@ -33,7 +33,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The method against dense FedAvg on the FedAvg CNN, 20 clients of mixed device tiers.
     "method": {
-        "base": ["model=cnn", "clients=20", "local_epochs=1", "data_fraction=0.5"],
+        "config": "configs/method-cnn.toml",
+        "base": [],
         "variants": {"fedavg": ["method=fedavg"], "fedrlprune": ["method=fedrlprune"]},
     },
     # The universal policy against one agent per client that never shares what it learned.
@@ -68,7 +69,7 @@ def main() -> None:
 
     rows = []
     for name, changes in preset["variants"].items():
-        cfg = Config.load(None, [*preset["base"], *args.overrides, *changes])
+        cfg = Config.load(preset.get("config"), [*preset["base"], *args.overrides, *changes])
         with tempfile.TemporaryDirectory() as tmp:
             summary = run_experiment(cfg, out_dir=Path(tmp) / name, live=False)
         rows.append({"variant": name, **{c: summary.get(c) for c in COLUMNS}})
@@ -80,7 +81,8 @@ def main() -> None:
         f"Command: `.venv/bin/python {shlex.join(sys.argv)}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; "
         f"date {time.strftime('%Y-%m-%d')}.",
-        f"Base settings: {', '.join(preset['base'] + args.overrides)}; variants: "
+        f"Base settings: {preset.get('config') or 'defaults'}, "
+        f"{', '.join(preset['base'] + args.overrides) or 'nothing more'}; variants: "
         + "; ".join(f"{n}: {', '.join(c)}" for n, c in preset["variants"].items())
         + ".",
         "",
