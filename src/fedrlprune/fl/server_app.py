@@ -30,6 +30,7 @@ from fedrlprune.fl import protocol
 from fedrlprune.fl.aggregation import aggregate_sparse
 from fedrlprune.fl.fleet import Fleet, ModelFacts
 from fedrlprune.fl.training import as_tensors, evaluate, get_state, set_state
+from fedrlprune.fl.validation import Expected, Reply, check_reply
 from fedrlprune.models import ModelFactory, build_model
 from fedrlprune.pruning.masks import Masks, apply_masks
 from fedrlprune.rl.federation import PolicyStore, save_policy
@@ -83,24 +84,36 @@ def serve(
                     for c in chosen
                 }
                 replies = _exchange(grid, nodes, sent, "train", cfg, rnd, progress)
-                accepted = _accept(replies, state, rnd)
+                expected = {
+                    c: Expected(
+                        state,
+                        fleet.masks_for(c, global_masks),
+                        int(stats[c]["train"]),
+                        policies.universal if protocol.POLICY in sent[c][0] else None,
+                    )
+                    for c in chosen
+                }
+                accepted = _accept(replies, expected, rnd)
                 failed.update(set(chosen) - set(accepted))
-                policies.update(_trained_policies(replies, accepted, policies, rnd))
+                policies.update({c: r.policy for c, r in accepted.items() if r.policy is not None})
                 sim_seconds, sim_joules = 0.0, 0.0
-                for cid, (_, masks, metrics, up) in accepted.items():
+                for cid, reply in accepted.items():
+                    masks, metrics = reply.masks, reply.metrics
                     fleet.clients[cid].masks = masks or None
                     fleet.clients[cid].seen_rounds.append(rnd)
                     down = sent[cid][0][protocol.ARRAYS]
-                    secs, joules = _simulated(fleet, cid, state, masks, metrics, up, down)
+                    secs, joules = _simulated(
+                        fleet, cid, state, masks, metrics, reply.upload_bytes, down
+                    )
                     sim_seconds, sim_joules = max(sim_seconds, secs), sim_joules + joules
                     recorder.add_rates(
                         rnd, cid, fleet.clients[cid].tier, cid in fleet.heldout, _rates(metrics)
                     )
                 if accepted:
                     state, global_masks = aggregate_sparse(
-                        [a[0] for a in accepted.values()],
-                        [a[1] for a in accepted.values()],
-                        [float(a[2]["num-examples"]) for a in accepted.values()],
+                        [r.state for r in accepted.values()],
+                        [r.masks for r in accepted.values()],
+                        [float(r.metrics["num-examples"]) for r in accepted.values()],
                         state,
                         rule=cfg.aggregation,
                         unkept=cfg.unkept,
@@ -116,7 +129,7 @@ def serve(
                     evaluate(model, x_test, y_test) if evaluate_now else (float("nan"),) * 2
                 )
                 cost = facts.cost(deployed)
-                metrics_of = [a[2] for a in accepted.values()]
+                metrics_of = [r.metrics for r in accepted.values()]
                 weights = [float(m["num-examples"]) for m in metrics_of]
                 row = {
                     "round": rnd,
@@ -131,8 +144,8 @@ def serve(
                     "sparsity": _target_sparsity(facts, deployed),
                     "nonzero_params": cost.nonzero_params,
                     "effective_flops": cost.effective_flops,
-                    "upload_bytes": sum(a[3] for a in accepted.values()),
-                    "upload_vs_dense": sum(a[3] for a in accepted.values())
+                    "upload_bytes": sum(r.upload_bytes for r in accepted.values()),
+                    "upload_vs_dense": sum(r.upload_bytes for r in accepted.values())
                     / (dense_upload * max(len(accepted), 1)),
                     "download_bytes": sum(
                         protocol.record_bytes(r) for recs, _ in sent.values() for r in recs.values()
@@ -223,43 +236,20 @@ def _instructions(
     return records, extras
 
 
-def _trained_policies(
-    replies: dict[int, Message], accepted: dict[int, Accepted], policies: PolicyStore, rnd: int
-) -> dict[int, dict[str, np.ndarray]]:
-    """The Q-networks that came back with accepted replies, checked against the policy's shape."""
-    trained = {}
-    for cid in accepted:
-        content = replies[cid].content
-        if protocol.POLICY not in content:
-            continue
-        try:
-            trained[cid], _ = protocol.unpack(content[protocol.POLICY], policies.universal)
-        except PayloadError as err:
-            log.warning("round %d: refused the policy of client %d: %s", rnd, cid, err)
-    return trained
-
-
 def _rates(metrics: dict[str, Any]) -> dict[str, float]:
     return {k.removeprefix("rate/"): float(v) for k, v in metrics.items() if k.startswith("rate/")}
 
 
-Accepted = tuple[State, Masks, dict[str, Any], int]  # state, masks, metrics, upload bytes
-
-
-def _accept(replies: dict[int, Message], reference: State, rnd: int) -> dict[int, Accepted]:
-    """Decode and check every reply; a reply that does not fit is refused and logged."""
-    accepted: dict[int, Accepted] = {}
+def _accept(
+    replies: dict[int, Message], expected: dict[int, Expected], rnd: int
+) -> dict[int, Reply]:
+    """Check every reply (validation.py); a reply that does not fit is refused and logged."""
+    accepted: dict[int, Reply] = {}
     for cid, reply in replies.items():
         try:
-            record = reply.content[protocol.ARRAYS]
-            state, masks = protocol.unpack(record, reference)
-            metrics = dict(reply.content[protocol.METRICS])
-            if not float(metrics["num-examples"]) > 0:
-                raise PayloadError(f"num-examples must be positive, got {metrics['num-examples']}")
-        except (PayloadError, KeyError, ValueError, TypeError) as err:
+            accepted[cid] = check_reply(reply.content, expected[cid])
+        except PayloadError as err:
             log.warning("round %d: refused the reply of client %d: %s", rnd, cid, err)
-            continue
-        accepted[cid] = (state, masks, metrics, protocol.record_bytes(record))
     return accepted
 
 

@@ -1,0 +1,89 @@
+"""Every client reply is checked before it can touch the global model.
+
+A reply is refused whole (PayloadError naming the problem) when its arrays do not fit the model
+(names, shapes, dtypes, finite values, masks that match their values), when it revives weights
+the server's mask for it had pruned, when it is denser than the client may be, when its sample
+count is not the one its partition holds (a client claiming a million samples must not dominate
+the weighted average), when its metrics are not finite numbers, or when its policy does not fit
+the Q-network. Only arrays and scalars are read: nothing from a client is unpickled or run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import RecordDict
+
+from fedrlprune.errors import PayloadError
+from fedrlprune.fl import protocol
+from fedrlprune.pruning.masks import Masks
+
+State = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the server knows a reply of this client must look like."""
+
+    reference: State  # the global model's layout
+    sent_masks: Masks  # the mask the client was sent; its reply may prune more, never less
+    examples: int  # training samples the client's partition holds (from the handshake)
+    policy: State | None = None  # the Q-network's layout, when a policy may come back
+
+
+@dataclass(frozen=True)
+class Reply:
+    state: State
+    masks: Masks
+    metrics: dict[str, Any]
+    policy: State | None
+    upload_bytes: int
+
+
+def check_reply(content: RecordDict, expected: Expected) -> Reply:
+    """Decode a train reply and check it against what this client may send; PayloadError if not."""
+    for name in (protocol.ARRAYS, protocol.METRICS):
+        if name not in content:
+            raise PayloadError(f"the reply has no {name!r} record")
+    record = content[protocol.ARRAYS]
+    state, masks = protocol.unpack(record, expected.reference)
+    _check_monotone(masks, expected.sent_masks)
+    metrics = _check_metrics(dict(content[protocol.METRICS]), expected.examples)
+    policy = None
+    if protocol.POLICY in content:
+        if expected.policy is None:
+            raise PayloadError("the reply carries a policy, but none was sent")
+        policy, _ = protocol.unpack(content[protocol.POLICY], expected.policy)
+    return Reply(state, masks, metrics, policy, protocol.record_bytes(record))
+
+
+def _check_monotone(masks: Masks, sent: Masks) -> None:
+    """Pruned stays pruned: a reply may not keep what the mask it was sent had removed."""
+    for name, mask in sent.items():
+        got = masks.get(name)
+        if got is None:
+            if not mask.all():
+                raise PayloadError(f"{name}: sent dense, but the client's mask had pruned it")
+            continue
+        revived = int(np.count_nonzero(got & ~mask))
+        if revived:
+            raise PayloadError(f"{name}: keeps {revived} weights its mask had pruned")
+
+
+def _check_metrics(metrics: dict[str, Any], examples: int) -> dict[str, Any]:
+    for key, value in metrics.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            raise PayloadError(f"metric {key!r} is not a finite number: {value!r}")
+    for key in ("num-examples", "train-loss"):
+        if key not in metrics:
+            raise PayloadError(f"the reply's metrics lack {key!r}")
+    if metrics["num-examples"] != examples:
+        raise PayloadError(
+            f"num-examples is {metrics['num-examples']}, but this client holds {examples} "
+            "training samples"
+        )
+    return metrics
