@@ -65,12 +65,37 @@ def write_report(
         shown = "n/a" if value is None else fmt.format(value)
         lines.append(f"| {label} | {shown} |")
     lines.append("")
+    lines += _tier_table(summary.get("per_client") or [])
     failed = summary.get("failed_clients") or []
     if failed:
         lines += [f"Clients that failed at least once: {', '.join(map(str, failed))}.", ""]
     for name in plots:
         lines += [f"![{name}]({name})", ""]
     (out_dir / "report.md").write_text("\n".join(lines))
+
+
+def _tier_table(per_client: Sequence[dict[str, Any]]) -> list[str]:
+    """Clients' deployed models by device tier: what each tier runs and whether it fits."""
+    if not per_client:
+        return []
+    lines = [
+        "Deployed models by device tier (means over the tier's clients):",
+        "",
+        "| tier | clients | held out | non-zero params | effective FLOPs | inside budget "
+        "| accuracy (global test) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    names = [t for t in TIERS if any(c["tier"] == t for c in per_client)]
+    for tier in names:
+        group = [c for c in per_client if c["tier"] == tier]
+        lines.append(
+            f"| {tier} | {len(group)} | {sum(bool(c.get('heldout')) for c in group)} "
+            f"| {np.mean([c['nonzero_params'] for c in group]):,.0f} "
+            f"| {np.mean([c['effective_flops'] for c in group]):,.0f} "
+            f"| {sum(bool(c['within_budget']) for c in group)}/{len(group)} "
+            f"| {np.mean([c['accuracy_global_test'] for c in group]):.4f} |"
+        )
+    return [*lines, ""]
 
 
 def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
