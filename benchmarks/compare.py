@@ -78,7 +78,7 @@ def main() -> None:
     lines = [
         f"# Ablation: {args.preset}",
         "",
-        f"Command: `.venv/bin/python {shlex.join(sys.argv)}`",
+        f"Command: `.venv/bin/python benchmarks/compare.py {shlex.join(sys.argv[1:])}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; "
         f"date {time.strftime('%Y-%m-%d')}.",
         f"Base settings: {preset.get('config') or 'defaults'}, "
