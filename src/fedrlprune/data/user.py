@@ -21,7 +21,8 @@ def user_dataset(data: UserData) -> ArrayDataset:
         return data
     items = tuple(data)
     if len(items) == 4:
-        return from_arrays(*(np.asarray(a) for a in items), name="user-arrays")
+        x_train, y_train, x_test, y_test = (np.asarray(a) for a in items)
+        return from_arrays(x_train, y_train, x_test, y_test, name="user-arrays")
     if len(items) == 2 and all(isinstance(d, Dataset) for d in items):
         x_train, y_train = _stack(items[0], "train")
         x_test, y_test = _stack(items[1], "test")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
@@ -86,15 +86,17 @@ def make_client_app(
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        cfg, _ = protocol.config_from_record(msg.content[protocol.CONFIG])
+        cfg, _ = protocol.config_from_record(msg.content.config_records[protocol.CONFIG])
         _, loc = local(cfg, context)
         return Message(RecordDict({protocol.METRICS: MetricRecord(loc.stats)}), reply_to=msg)
 
     @app.train()
     def fit(msg: Message, context: Context) -> Message:
-        cfg, extra = protocol.config_from_record(msg.content[protocol.CONFIG])
+        cfg, extra = protocol.config_from_record(msg.content.config_records[protocol.CONFIG])
         cid, loc = local(cfg, context)
-        state, masks = protocol.unpack(msg.content[protocol.ARRAYS], get_state(loc.model))
+        state, masks = protocol.unpack(
+            msg.content.array_records[protocol.ARRAYS], get_state(loc.model)
+        )
         state, masks, metrics, policy = prune(cfg, loc, state, masks, extra, msg, cid)
         set_state(loc.model, state)
         result = train(
@@ -116,7 +118,7 @@ def make_client_app(
             "train-loss": result.loss,
             "train-seconds": result.seconds,
         }
-        content = {
+        content: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
             protocol.ARRAYS: protocol.pack(get_state(loc.model), masks),
             protocol.METRICS: MetricRecord(metrics),
         }
@@ -128,9 +130,11 @@ def make_client_app(
     def deploy(msg: Message, context: Context) -> Message:
         """Prune the final global model to this client's final budget (the method's rule, with
         the policy as it is: no training), evaluate it on the local test split, send it back."""
-        cfg, extra = protocol.config_from_record(msg.content[protocol.CONFIG])
+        cfg, extra = protocol.config_from_record(msg.content.config_records[protocol.CONFIG])
         cid, loc = local(cfg, context)
-        state, masks = protocol.unpack(msg.content[protocol.ARRAYS], get_state(loc.model))
+        state, masks = protocol.unpack(
+            msg.content.array_records[protocol.ARRAYS], get_state(loc.model)
+        )
         state, masks, metrics, _ = prune(cfg, loc, state, masks, extra, msg, cid)
         set_state(loc.model, state)
         loss, acc = evaluate(loc.model, loc.x_test, loc.y_test)
@@ -140,7 +144,7 @@ def make_client_app(
             "test-loss": loss,
             "test-accuracy": acc,
         }
-        content = {
+        content: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
             protocol.ARRAYS: protocol.pack(state, masks),
             protocol.METRICS: MetricRecord(metrics),
         }
@@ -169,7 +173,9 @@ def prune(
     if not loc.layers:
         loc.layers = layer_infos(loc.model, loc.input_shape, targets)
         loc.total_flops = total_flops(loc.model, loc.input_shape)
-    policy, _ = protocol.unpack(msg.content[protocol.POLICY], new_agent(0).get_weights())
+    policy, _ = protocol.unpack(
+        msg.content.array_records[protocol.POLICY], new_agent(0).get_weights()
+    )
     result = rl_prune(
         loc.model,
         state,

@@ -153,12 +153,10 @@ class Fleet:
         """The global model's mask and the client's own together: what a client deploys is the
         global model (itself sparse under the global mask) under its own mask."""
         own = self.clients[cid].masks or {}
-        keys = dict.fromkeys([*global_masks, *own])
-        return {
-            k: own[k] & global_masks[k] if k in own and k in global_masks
-            else own.get(k, global_masks.get(k))
-            for k in keys
-        }  # fmt: skip
+        out: Masks = dict(global_masks)
+        for key, mask in own.items():
+            out[key] = mask & global_masks[key] if key in global_masks else mask
+        return out
 
     def deployed(self, cid: int, state: State, global_masks: Masks) -> State:
         """The model client `cid` runs: the global model under its own mask."""

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -63,7 +63,8 @@ def serve(
     )
     fleet = Fleet(cfg, facts)
     policies = PolicyStore(new_agent(cfg.seed).get_weights(), cfg.rl_federated)
-    state, global_masks = get_state(model), {}
+    state = get_state(model)
+    global_masks: Masks = {}
     dense_upload = protocol.record_bytes(protocol.pack(state, {}))  # one dense model
 
     recorder = RunRecorder(out_dir, cfg)
@@ -175,7 +176,9 @@ def serve(
             deployed_by = {}
             for cid in everyone:
                 try:
-                    _, masks = protocol.unpack(evals[cid].content[protocol.ARRAYS], state)
+                    _, masks = protocol.unpack(
+                        evals[cid].content.array_records[protocol.ARRAYS], state
+                    )
                     fleet.clients[cid].masks = masks or fleet.clients[cid].masks
                 except (KeyError, PayloadError) as err:
                     log.warning("client %d: no usable deployed model (%s)", cid, err)
@@ -185,9 +188,11 @@ def serve(
             set_state(model, deployed_by[cid])
             entry = fleet.report(cid, deployed_by[cid])
             entry["accuracy_global_test"] = evaluate(model, x_test, y_test)[1]
-            reply = evals.get(cid)
+            done = evals.get(cid)
             entry["accuracy_local_test"] = (
-                float(reply.content[protocol.METRICS]["test-accuracy"]) if reply else float("nan")
+                float(cast(float, done.content.metric_records[protocol.METRICS]["test-accuracy"]))
+                if done
+                else float("nan")
             )
             per_client.append(entry)
         set_state(model, apply_masks(state, global_masks))
@@ -366,8 +371,8 @@ def _handshake(grid: Grid, cfg: Config) -> tuple[dict[int, int], list[dict[str, 
     for reply in grid.send_and_receive(msgs, timeout=NODE_WAIT_SECONDS):
         if reply.has_error():
             raise FedRLPruneError(f"a client could not load its data: {reply.error.reason}")
-        metrics = reply.content[protocol.METRICS]
-        cid = int(metrics["client"])
+        metrics = reply.content.metric_records[protocol.METRICS]
+        cid = int(cast(int, metrics["client"]))
         if cid in nodes:
             raise FedRLPruneError(f"two SuperNodes claim partition-id={cid}; give each its own")
         nodes[cid] = reply.metadata.src_node_id

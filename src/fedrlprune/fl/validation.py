@@ -48,15 +48,15 @@ def check_reply(content: RecordDict, expected: Expected) -> Reply:
     for name in (protocol.ARRAYS, protocol.METRICS):
         if name not in content:
             raise PayloadError(f"the reply has no {name!r} record")
-    record = content[protocol.ARRAYS]
+    record = content.array_records[protocol.ARRAYS]
     state, masks = protocol.unpack(record, expected.reference)
     _check_monotone(masks, expected.sent_masks)
-    metrics = _check_metrics(dict(content[protocol.METRICS]), expected.examples)
+    metrics = _check_metrics(dict(content.metric_records[protocol.METRICS]), expected.examples)
     policy = None
     if protocol.POLICY in content:
         if expected.policy is None:
             raise PayloadError("the reply carries a policy, but none was sent")
-        policy, _ = protocol.unpack(content[protocol.POLICY], expected.policy)
+        policy, _ = protocol.unpack(content.array_records[protocol.POLICY], expected.policy)
     return Reply(state, masks, metrics, policy, protocol.record_bytes(record))
 
 
