@@ -21,11 +21,11 @@ from fedrlprune.errors import FedRLPruneError
 from fedrlprune.fl.training import set_state
 from fedrlprune.models import ModelFactory, build_model
 from fedrlprune.pruning.compact import compact_model, export_onnx
-from fedrlprune.pruning.masks import Masks, apply_masks
+from fedrlprune.pruning.masks import apply_masks
 from fedrlprune.pruning.metrics import model_cost
 from fedrlprune.pruning.payload import encode, encoded_bytes
+from fedrlprune.state import Masks, State
 
-State = dict[str, np.ndarray]
 CHECKPOINT = "checkpoint.npz"
 
 

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-State = dict[str, np.ndarray]
-Masks = dict[str, np.ndarray]  # bool arrays by parameter name, True = kept; no entry = dense
+from fedrlprune.state import Masks, State
 
 RULES = ("vote", "lotteryfl", "hermes", "naive")
 UNKEPT = ("previous", "zero")

@@ -27,16 +27,14 @@ from fedrlprune.fl.training import as_tensors, evaluate, get_state, set_state, t
 from fedrlprune.models import ModelFactory, build_model
 from fedrlprune.pruning.masks import (
     MaskEnforcer,
-    Masks,
     apply_masks,
     magnitude_masks,
     pruning_targets,
 )
 from fedrlprune.pruning.metrics import total_flops
 from fedrlprune.rl.env import LayerInfo, layer_infos
-from fedrlprune.rl.prune import RLSettings, client_features, new_agent, rl_prune
-
-State = dict[str, np.ndarray]
+from fedrlprune.rl.prune import RLSettings, client_features, policy_layout, rl_prune
+from fedrlprune.state import Masks, State
 
 
 @dataclass
@@ -173,9 +171,7 @@ def prune(
     if not loc.layers:
         loc.layers = layer_infos(loc.model, loc.input_shape, targets)
         loc.total_flops = total_flops(loc.model, loc.input_shape)
-    policy, _ = protocol.unpack(
-        msg.content.array_records[protocol.POLICY], new_agent(0).get_weights()
-    )
+    policy, _ = protocol.unpack(msg.content.array_records[protocol.POLICY], policy_layout())
     result = rl_prune(
         loc.model,
         state,

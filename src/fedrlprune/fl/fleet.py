@@ -14,7 +14,7 @@ from torch import nn
 
 from fedrlprune.config import Config
 from fedrlprune.devices import TIERS, Budget, assign_tiers, budget, within_budget
-from fedrlprune.pruning.masks import Masks, apply_masks, pruning_targets
+from fedrlprune.pruning.masks import apply_masks, pruning_targets
 from fedrlprune.pruning.metrics import (
     ModelCost,
     chained_cost,
@@ -23,8 +23,7 @@ from fedrlprune.pruning.metrics import (
     total_flops,
 )
 from fedrlprune.pruning.schedule import budget_rate, pruning_rounds, scheduled_rate
-
-State = dict[str, np.ndarray]
+from fedrlprune.state import Masks, State
 
 
 @dataclass(frozen=True)

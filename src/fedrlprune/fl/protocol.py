@@ -15,7 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from fedrlprune.config import Config
 from fedrlprune.pruning import payload
-from fedrlprune.pruning.masks import Masks
+from fedrlprune.state import Masks, State
 
 # Record names inside a Message's RecordDict.
 ARRAYS = "arrays"
@@ -26,8 +26,6 @@ POLICY = "policy"  # the pruning policy's Q-network, on its own path beside the 
 # Message types beside Flower's "train" and "evaluate": a handshake that asks each node which
 # partition (client id) it holds, so the server can sample clients reproducibly by client id.
 QUERY = "query"
-
-State = dict[str, np.ndarray]
 
 
 EXTRA = "call."  # prefix of per-call values, so they can never shadow a config key

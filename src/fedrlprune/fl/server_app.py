@@ -32,12 +32,12 @@ from fedrlprune.fl.fleet import Fleet, ModelFacts
 from fedrlprune.fl.training import as_tensors, evaluate, get_state, set_state
 from fedrlprune.fl.validation import Expected, Reply, check_reply
 from fedrlprune.models import ModelFactory, build_model
-from fedrlprune.pruning.masks import Masks, apply_masks
+from fedrlprune.pruning.masks import apply_masks
 from fedrlprune.rl.federation import PolicyStore, save_policy
 from fedrlprune.rl.prune import new_agent
+from fedrlprune.state import Masks, State
 
 log = logging.getLogger("fedrlprune")
-State = dict[str, np.ndarray]
 
 NODE_WAIT_SECONDS = 120.0  # how long to wait for every client's SuperNode to connect
 
@@ -103,9 +103,7 @@ def serve(
                     fleet.clients[cid].masks = masks or None
                     fleet.clients[cid].seen_rounds.append(rnd)
                     down = sent[cid][0][protocol.ARRAYS]
-                    secs, joules = _simulated(
-                        fleet, cid, state, masks, metrics, reply.upload_bytes, down
-                    )
+                    secs, joules = _simulated(fleet, cid, reply, down)
                     sim_seconds, sim_joules = max(sim_seconds, secs), sim_joules + joules
                     recorder.add_rates(
                         rnd, cid, fleet.clients[cid].tier, cid in fleet.heldout, _rates(metrics)
@@ -258,21 +256,14 @@ def _accept(
     return accepted
 
 
-def _simulated(
-    fleet: Fleet,
-    cid: int,
-    state: State,
-    masks: Masks,
-    metrics: dict[str, Any],
-    upload: int,
-    download: ArrayRecord,
-) -> tuple[float, float]:
-    """Device-simulated (seconds, joules) of this client's round on its tier."""
-    flops = fleet.facts.cost(apply_masks(state, masks)).effective_flops
-    samples = int(metrics["num-examples"]) * int(metrics.get("epochs", 1))
+def _simulated(fleet: Fleet, cid: int, reply: Reply, download: ArrayRecord) -> tuple[float, float]:
+    """Device-simulated (seconds, joules) of this client's round on its tier; the reply's state
+    is already zero where its mask prunes, so its cost is the pruned model's."""
+    flops = fleet.facts.cost(reply.state).effective_flops
+    samples = int(reply.metrics["num-examples"]) * int(reply.metrics.get("epochs", 1))
     profile = TIERS[fleet.clients[cid].tier]
     return simulated_round(
-        profile, training_flops(flops, samples), upload, protocol.record_bytes(download)
+        profile, training_flops(flops, samples), reply.upload_bytes, protocol.record_bytes(download)
     )
 
 

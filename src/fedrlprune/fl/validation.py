@@ -19,9 +19,7 @@ from flwr.app import RecordDict
 
 from fedrlprune.errors import PayloadError
 from fedrlprune.fl import protocol
-from fedrlprune.pruning.masks import Masks
-
-State = dict[str, np.ndarray]
+from fedrlprune.state import Masks, State
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,7 @@ from torch import nn
 
 from fedrlprune.errors import ConfigError, FedRLPruneError
 from fedrlprune.pruning.metrics import prunable_layers
-
-Masks = dict[str, np.ndarray]
+from fedrlprune.state import Masks
 
 # Opset 18 is what torch's dynamo exporter targets natively and onnxruntime >= 1.14 runs.
 ONNX_OPSET = 18

@@ -16,8 +16,7 @@ from torch import nn
 
 from fedrlprune.errors import ConfigError
 from fedrlprune.pruning.metrics import classifier_name, prunable_layers
-
-Masks = dict[str, np.ndarray]
+from fedrlprune.state import Masks
 
 MODES = ("unstructured", "structured")
 

@@ -24,9 +24,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedrlprune.errors import PayloadError
+from fedrlprune.state import Masks, State
 
-State = dict[str, np.ndarray]
-Masks = dict[str, np.ndarray]
 Encoded = dict[str, np.ndarray]
 
 SEP = "@"

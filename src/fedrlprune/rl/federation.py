@@ -11,23 +11,22 @@ from pathlib import Path
 import numpy as np
 
 from fedrlprune.rl.agent import average_weights
-
-Weights = dict[str, np.ndarray]
+from fedrlprune.state import State
 
 
 class PolicyStore:
     """What each client gets as its policy, and how trained policies come back together."""
 
-    def __init__(self, initial: Weights, federated: bool) -> None:
+    def __init__(self, initial: State, federated: bool) -> None:
         self.federated = federated
         self.universal = initial  # stays the initial policy when not federated
-        self.own: dict[int, Weights] = {}
+        self.own: dict[int, State] = {}
 
-    def for_client(self, cid: int) -> Weights:
+    def for_client(self, cid: int) -> State:
         """The universal policy, or (not federated) the client's own, from the initial one."""
         return self.universal if self.federated else self.own.get(cid, self.universal)
 
-    def update(self, trained: dict[int, Weights]) -> None:
+    def update(self, trained: dict[int, State]) -> None:
         """Fold in this round's trained policies, in client order (same bits every run)."""
         if not trained:
             return
@@ -37,6 +36,6 @@ class PolicyStore:
             self.own.update(trained)
 
 
-def save_policy(path: Path, weights: Weights) -> None:
+def save_policy(path: Path, weights: State) -> None:
     """The universal policy as named arrays (load with np.load(..., allow_pickle=False))."""
     np.savez(path, **weights)  # type: ignore[arg-type]

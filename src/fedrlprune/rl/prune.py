@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -19,12 +20,10 @@ from torch import nn
 
 from fedrlprune.devices import Budget
 from fedrlprune.fl.training import evaluate
-from fedrlprune.pruning.masks import MagnitudeRanking, Masks
+from fedrlprune.pruning.masks import MagnitudeRanking
 from fedrlprune.rl.agent import DQNAgent, DQNConfig, greedy_rates, train
 from fedrlprune.rl.env import OBS_DIM, ClientFeatures, LayerInfo, PruningEnv
-
-State = dict[str, np.ndarray]
-
+from fedrlprune.state import Masks, State
 
 # The actions: pruning rates, dense where sparsity is high (every step from 0.95 to 0.99 is a
 # 5x cut in what is left) and coarse where it is low. At pruning step s of S they are scaled by
@@ -127,6 +126,12 @@ def rl_prune(
         episodes=settings.episodes if settings.learn else 0,
         seconds=time.perf_counter() - start,
     )
+
+
+@cache
+def policy_layout() -> State:
+    """The Q-network's array names and shapes, to check a received policy against."""
+    return new_agent(0).get_weights()
 
 
 def client_features(
