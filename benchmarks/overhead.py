@@ -73,16 +73,21 @@ def federated_seconds(cfg: Config) -> tuple[list[float], list[float]]:
 
 def agent_cost(cfg: Config) -> dict[str, float]:
     """Median seconds of the agent and of local training over the pruning rounds."""
-    rows = [r for r in metrics_rows(cfg) if r["rl_episodes"] not in ("", "0")]
+    every = metrics_rows(cfg)
+    rows = [r for r in every if r["rl_episodes"] not in ("", "0")]
     rl = statistics.median(float(r["rl_seconds_mean"]) for r in rows)
     local = statistics.median(float(r["client_train_seconds_mean"]) for r in rows)
+    rl_all = sum(float(r["rl_seconds_mean"]) for r in rows)
+    local_all = sum(float(r["client_train_seconds_mean"]) for r in every)
     return {
         "pruning_rounds": len(rows),
         "rl_episodes_per_round": int(rows[0]["rl_episodes"]),
-        "rl_evaluations_per_round": int(rows[0]["rl_episodes"]) + 1,
+        "rl_evaluations_per_round": int(rows[0]["rl_evaluations"]),
         "rl_seconds_per_round_median": rl,
         "local_train_seconds_per_round_median": local,
         "rl_share_of_client_time": rl / (rl + local),
+        "rounds": len(every),
+        "rl_share_of_client_time_whole_run": rl_all / (rl_all + local_all),
     }
 
 
@@ -139,7 +144,8 @@ def main() -> None:
         f"agent      {agent['rl_seconds_per_round_median']:10.3f} s per pruning round "
         f"({agent['rl_episodes_per_round']} episodes) against "
         f"{agent['local_train_seconds_per_round_median']:.3f} s of local training: "
-        f"{100 * agent['rl_share_of_client_time']:.1f}% of the client's time\n"
+        f"{100 * agent['rl_share_of_client_time']:.1f}% of the client's time in that round, "
+        f"{100 * agent['rl_share_of_client_time_whole_run']:.1f}% over the run\n"
         f"written to {args.out}"
     )
 

@@ -119,6 +119,7 @@ def test_two_clients_at_different_sparsity_by_hand() -> None:
         (0.01, [True, True, True, False]),  # union: kept by anyone
         (0.5, [True, True, False, False]),  # shares 3/3, 2/3, 1/3, 0/3
         (1.0, [True, False, False, False]),  # intersection: kept by all
+        (0.0, [True, True, True, False]),  # union: kept by any; never what nobody kept
     ],
 )
 def test_vote_mask_threshold(threshold: float, expected: list[bool]) -> None:
@@ -207,7 +208,7 @@ def _bad(**changes: object) -> dict:
         (_bad(states=[{"w": f32(1, 2)}, {"w": f32(3, 4), "b": f32(1)}]), "differ"),
         (_bad(rule="median"), "vote, lotteryfl, hermes, naive"),
         (_bad(unkept="random"), "previous, zero"),
-        (_bad(vote_threshold=0.0), "vote_threshold"),
+        (_bad(vote_threshold=-0.1), "vote_threshold"),
         (_bad(vote_threshold=1.5), "vote_threshold"),
         (_bad(target_sparsity=1.0), "target_sparsity"),
         (_bad(target_sparsity=-0.1), "target_sparsity"),

@@ -70,3 +70,27 @@ def test_deploy_masks_put_the_clients_mask_on_the_global_model(facts: ModelFacts
     np.testing.assert_array_equal(got["w"], [True, False, False, False])
     np.testing.assert_array_equal(got["v"], [True, False])
     assert fleet.deploy_masks(1, global_masks) == global_masks
+
+
+def test_fits_final_needs_a_mask_inside_the_final_budget(facts: ModelFacts) -> None:
+    fleet = Fleet(Config.from_dict({"method": "fedrlprune", "clients": 4}), facts)
+    state = get_state(build_model("lenet5", (1, 28, 28), 10))
+    assert not fleet.fits_final(0, state, {})  # never pruned: the policy must decide
+    fleet.clients[0].masks = magnitude_masks(state, dict.fromkeys(facts.targets, 0.999))
+    assert fleet.fits_final(0, state, {})  # near nothing left: inside any tier's budget
+    fleet.clients[0].masks = magnitude_masks(state, dict.fromkeys(facts.targets, 0.01))
+    assert not fleet.fits_final(0, state, {})  # every tier's budget is below 99% of the model
+
+
+@pytest.mark.parametrize("regrow", [True, False])
+def test_regrow_sends_the_global_mask_in_pruning_rounds_only(
+    facts: ModelFacts, regrow: bool
+) -> None:
+    fleet = Fleet(Config.from_dict({"method": "fedrlprune", "regrow": regrow}), facts)
+    own = {"w": np.array([True, False])}
+    global_masks = {"w": np.array([True, True])}
+    assert fleet.masks_for(0, global_masks, 5) is global_masks  # not pruned yet: global
+    fleet.clients[0].masks = own
+    pruning, training = fleet.prune_rounds[-1], fleet.prune_rounds[-1] + 1
+    assert fleet.masks_for(0, global_masks, training) is own
+    assert fleet.masks_for(0, global_masks, pruning) is (global_masks if regrow else own)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from fedrlprune import __version__
-from fedrlprune.config import Config, describe_keys
+from fedrlprune.config import Config, describe_keys, keys_markdown
 from fedrlprune.errors import FedRLPruneError
 
 log = logging.getLogger("fedrlprune")
@@ -42,7 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("results", type=Path, help="the results folder of a run")
 
-    sub.add_parser("keys", help="list every config key with its default and allowed values")
+    keys = sub.add_parser("keys", help="list every config key with its default and allowed values")
+    keys.add_argument(
+        "--markdown", action="store_true", help="print the README's markdown table instead"
+    )
     return parser
 
 
@@ -52,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(live)
     try:
         if args.command == "keys":
-            _print_keys()
+            if args.markdown:
+                print(keys_markdown(), end="")
+            else:
+                _print_keys()
             return 0
         if args.command == "export":
             from fedrlprune.experiments.export import export_results

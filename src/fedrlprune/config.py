@@ -103,11 +103,11 @@ class Config:
         choices=UNKEPT,
     )
     vote_threshold: float = _key(
-        0.5,
-        "share of clients that must keep a weight for the global mask",
+        0.0,
+        "share of clients that must keep a weight for the global mask (0: any client, the "
+        "union, so a client with a large budget is not cut down to what small ones keep)",
         lo=0,
         hi=1,
-        lo_open=True,
     )
     server_sparsity: float = _key(
         0.0, "server re-prunes the global mask to at least this sparsity (0 = off)", lo=0, hi=0.99
@@ -127,13 +127,18 @@ class Config:
         "acc_cost", "reward: accuracy minus cost, or AMC's -error*log(FLOPs)", choices=REWARDS
     )
     rl_cost_weight: float = _key(
-        0.3, "weight of the cost (mean share of FLOPs and params kept) in `acc_cost`", lo=0, hi=100
+        0.05, "weight of the cost (mean share of FLOPs and params kept) in `acc_cost`", lo=0, hi=100
     )
     rl_lr: float = _key(1e-3, "learning rate of the Q-network", lo=0, hi=1, lo_open=True)
     rl_eps_start: float = _key(1.0, "exploration at the first pruning round", lo=0, hi=1)
     rl_eps_end: float = _key(0.05, "exploration at the last pruning round", lo=0, hi=1)
     rl_federated: bool = _key(
         True, "average the clients' Q-networks into one policy (false: each keeps its own)"
+    )
+    regrow: bool = _key(
+        True,
+        "`fedrlprune`: each pruning round re-prunes from the global model under the global mask, "
+        "so weights pruned too early can come back (false: a client's mask only shrinks)",
     )
     heldout_clients: int = _key(
         0, "clients that never train the policy and use it as it is (zero-shot)", lo=0
@@ -204,6 +209,13 @@ def describe_keys() -> list[tuple[str, str, str, str]]:
     for f in dataclasses.fields(Config):
         rows.append((f.name, _type_of(f).__name__, repr(f.default), _allowed(f)))
     return rows
+
+
+def keys_markdown() -> str:
+    """The config keys as the README's markdown table, so the README can be checked against it."""
+    lines = ["| key | type | default | meaning and allowed values |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{k}` | {t} | `{d}` | {m} |" for k, t, d, m in describe_keys()]
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------ checks

@@ -68,10 +68,10 @@ def aggregate_sparse(
 
     Where no client kept j, ``unkept`` decides for every rule: ``previous`` keeps previous[j],
     ``zero`` gives 0. The global mask keeps j when the share of clients keeping it (a count,
-    not sample-weighted) is >= ``vote_threshold``; ``target_sparsity`` then drops the smallest
-    |w| kept entries of each masked parameter until it is at least that sparse. Values outside
-    the global mask are not zeroed: the mask says what is deployed, and the values survive so
-    pruned weights can regrow later. Unmasked parameters (biases, BatchNorm, the head) take
+    not sample-weighted) is >= ``vote_threshold`` (0: kept by any client, the union);
+    ``target_sparsity`` then drops the smallest |w| kept entries of each masked parameter until
+    it is at least that sparse. Values outside the global mask are not zeroed: the mask says
+    what is deployed, and the values survive so pruned weights can regrow later. Unmasked parameters (biases, BatchNorm, the head) take
     plain `fedavg`. Sums run in float64 in the given order and are cast back to each
     parameter's dtype, so the result is deterministic. Bad input raises ValueError.
     """
@@ -84,7 +84,7 @@ def aggregate_sparse(
     for name in masked:
         value, count = _merge(name, states, masks, weights, previous, rule, unkept)
         merged[name] = _cast(value, states[0][name].dtype)
-        keep = count / len(states) >= vote_threshold
+        keep = (count > 0) & (count / len(states) >= vote_threshold)
         if target_sparsity is not None:
             keep = _reprune(merged[name], keep, target_sparsity)
         global_masks[name] = keep
@@ -157,8 +157,8 @@ def _check_args(
         raise ValueError(f"unknown aggregation rule {rule!r}; use one of {', '.join(RULES)}")
     if unkept not in UNKEPT:
         raise ValueError(f"unknown unkept policy {unkept!r}; use one of {', '.join(UNKEPT)}")
-    if not 0.0 < vote_threshold <= 1.0:
-        raise ValueError(f"vote_threshold must be in (0, 1], got {vote_threshold}")
+    if not 0.0 <= vote_threshold <= 1.0:
+        raise ValueError(f"vote_threshold must be in [0, 1], got {vote_threshold}")
     if target_sparsity is not None and not 0.0 <= target_sparsity < 1.0:
         raise ValueError(f"target_sparsity must be in [0, 1) or None, got {target_sparsity}")
     names = set(states[0])

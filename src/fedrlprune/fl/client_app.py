@@ -207,6 +207,7 @@ def prune(
     metrics |= {
         "rl-seconds": result.seconds,
         "rl-episodes": result.episodes,
+        "rl-evaluations": result.evaluations,
         "rl-val-accuracy": result.val_accuracy,
         "rl-within-budget": int(result.within_budget),
     }

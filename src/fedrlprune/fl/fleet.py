@@ -143,10 +143,15 @@ class Fleet:
             "learn": int(learn and cid not in self.heldout),
         }
 
-    def masks_for(self, cid: int, global_masks: Masks) -> Masks:
-        """A client's own mask, or the global one for a client that has not pruned yet."""
+    def masks_for(self, cid: int, global_masks: Masks, rnd: int = 0) -> Masks:
+        """The mask client `cid` trains under in round `rnd`: its own, or the global one for a
+        client that has not pruned yet. With `regrow`, a `fedrlprune` client gets the global
+        mask in pruning rounds, so its policy re-prunes from every weight the federation kept
+        and a weight it pruned too early can come back."""
         own = self.clients[cid].masks
-        return own if own is not None else global_masks
+        if own is None or (self.cfg.method == "fedrlprune" and self.cfg.regrow and self.step(rnd)):
+            return global_masks
+        return own
 
     def deploy_masks(self, cid: int, global_masks: Masks) -> Masks:
         """The global model's mask and the client's own together: what a client deploys is the
@@ -160,6 +165,13 @@ class Fleet:
     def deployed(self, cid: int, state: State, global_masks: Masks) -> State:
         """The model client `cid` runs: the global model under its own mask."""
         return apply_masks(state, self.deploy_masks(cid, global_masks))
+
+    def fits_final(self, cid: int, state: State, global_masks: Masks) -> bool:
+        """Whether client `cid` has pruned and its deployed model fits its final budget."""
+        if self.clients[cid].masks is None:
+            return False
+        cost = self.facts.cost(self.deployed(cid, state, global_masks))
+        return within_budget(self.clients[cid].budget, cost.effective_flops, cost.nonzero_params)
 
     def report(self, cid: int, deployed: State) -> dict[str, Any]:
         """Per-client figures for summary.json: tier, cost, budget and whether it fits."""

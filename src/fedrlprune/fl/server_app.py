@@ -88,7 +88,7 @@ def serve(
                 expected = {
                     c: Expected(
                         state,
-                        fleet.masks_for(c, global_masks),
+                        fleet.masks_for(c, global_masks, rnd),
                         int(stats[c]["train"]),
                         policies.universal if protocol.POLICY in sent[c][0] else None,
                     )
@@ -157,6 +157,7 @@ def serve(
                         [float(m["rl-seconds"]) for m in metrics_of if "rl-seconds" in m]
                     ),
                     "rl_episodes": sum(int(m.get("rl-episodes", 0)) for m in metrics_of),
+                    "rl_evaluations": sum(int(m.get("rl-evaluations", 0)) for m in metrics_of),
                     "sim_seconds": sim_seconds,
                     "sim_joules": sim_joules,
                 }
@@ -226,14 +227,20 @@ def _instructions(
     """What client `cid` gets: the global model under its mask, and the method's orders for this
     round (`rnd` = 0: deployment, prune to the final budget without training the policy)."""
     masks = (
-        fleet.deploy_masks(cid, global_masks) if rnd == 0 else fleet.masks_for(cid, global_masks)
+        fleet.deploy_masks(cid, global_masks)
+        if rnd == 0
+        else fleet.masks_for(cid, global_masks, rnd)
     )
     records = {protocol.ARRAYS: protocol.pack(state, masks)}
     extras: dict[str, Any] = {"round": rnd or cfg.rounds}
     if cfg.method == "magnitude":
         final = fleet.clients[cid].final_rate
         extras["prune_rate"] = final if rnd == 0 else fleet.rate_now(cid, rnd)
-    elif cfg.method == "fedrlprune" and (rnd == 0 or fleet.step(rnd)):
+    elif cfg.method == "fedrlprune" and (
+        fleet.step(rnd) or (rnd == 0 and not fleet.fits_final(cid, state, global_masks))
+    ):
+        # at deployment a client keeps the mask it was last trained under when that fits its
+        # final budget: asking the policy again could only prune weights it never trained without
         extras |= fleet.rl_extras(cid, fleet.step(rnd) if rnd else 0, learn=rnd > 0)
         records[protocol.POLICY] = protocol.pack(policies.for_client(cid), {})
     return records, extras
@@ -330,6 +337,7 @@ def _summary(
             if not np.isnan(r["rl_seconds_mean"])
         ),
         "rl_episodes_total": sum(r["rl_episodes"] for r in rows),
+        "rl_evaluations_total": sum(r["rl_evaluations"] for r in rows),
         "upload_bytes_total": sum(r["upload_bytes"] for r in rows),
         "upload_vs_dense_last_round": rows[-1]["upload_vs_dense"],
         "download_bytes_total": sum(r["download_bytes"] for r in rows),

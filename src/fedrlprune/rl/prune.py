@@ -53,6 +53,7 @@ class RLResult:
     val_accuracy: float  # the pruned model on the validation split, before local training
     within_budget: bool
     episodes: int
+    evaluations: int  # distinct pruned models evaluated on the validation split
     seconds: float
 
 
@@ -85,7 +86,15 @@ def rl_prune(
     ranking = MagnitudeRanking(state, names, mode, masks or None)
     base = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
 
+    seen: dict[tuple[float, ...], float] = {}  # greedy episodes repeat: evaluate each once
+
     def accuracy(rates: dict[str, float]) -> float:
+        key = tuple(rates[name] for name in names)
+        if key not in seen:
+            seen[key] = evaluate_rates(rates)
+        return seen[key]
+
+    def evaluate_rates(rates: dict[str, float]) -> float:
         pruned = ranking.masks(rates)
         with torch.no_grad():
             model.load_state_dict(
@@ -124,6 +133,7 @@ def rl_prune(
         val_accuracy=float(info["accuracy"]),
         within_budget=bool(info["within_budget"]),
         episodes=settings.episodes if settings.learn else 0,
+        evaluations=len(seen),
         seconds=time.perf_counter() - start,
     )
 
