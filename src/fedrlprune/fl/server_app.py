@@ -74,7 +74,7 @@ def serve(
             nodes, stats = _handshake(grid, cfg)
             recorder.write_json("partitions.json", stats)
             rng = np.random.default_rng(cfg.seed)
-            per_round = max(1, round(cfg.fraction * cfg.clients))
+            per_round = cfg.per_round()
             failed: set[int] = set()
             for rnd in range(1, cfg.rounds + 1):
                 t0 = time.perf_counter()
