@@ -1,4 +1,5 @@
-"""`run_experiment`: one call from a config to a finished run on Flower's simulation engine.
+"""`run_experiment`: one call from a config to a finished run on Flower's simulation engine;
+`resume_experiment` continues a stopped one from its checkpoint.
 
 The CLI is a thin layer over this; researchers call it directly with their own model or data.
 """
@@ -15,6 +16,7 @@ from typing import Any
 from fedrlprune.config import Config
 from fedrlprune.data.user import UserData, user_dataset
 from fedrlprune.errors import FedRLPruneError
+from fedrlprune.experiments.checkpoint import CHECKPOINT, RunState, load_run_state
 from fedrlprune.experiments.results import default_out_dir
 from fedrlprune.fl.client_app import make_client_app
 from fedrlprune.fl.server_app import make_server_app
@@ -45,6 +47,11 @@ def run_experiment(
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
     if (out / "summary.json").exists():
         raise FedRLPruneError(f"{out} already holds a finished run; pick another --out folder")
+    if (out / CHECKPOINT).exists():
+        raise FedRLPruneError(
+            f"{out} holds a stopped run: continue it with `fedrlprune run --resume {out}` "
+            "(Python: resume_experiment), or pick another --out folder"
+        )
 
     summaries: list[dict[str, Any]] = []
     server = make_server_app(
@@ -55,6 +62,76 @@ def run_experiment(
     if not summaries:
         raise FedRLPruneError(f"the run stopped before it finished; see {out / 'run.log'}")
     return summaries[0]
+
+
+def resume_experiment(
+    results: str | Path,
+    *,
+    config: Config | None = None,
+    model_fn: ModelFactory | None = None,
+    data: UserData | None = None,
+    live: bool | None = None,
+) -> dict[str, Any]:
+    """Continue a stopped run in `results` from its last checkpoint; return its summary.
+
+    The config is the folder's `config.toml`; `config`, when given, must equal it (a changed
+    config would not be the same run). A run with your own model or data needs them again.
+    """
+    out = Path(results)
+    cfg, run = check_resumable(out, config)
+    dataset = user_dataset(data) if data is not None else None
+    summaries: list[dict[str, Any]] = []
+    server = make_server_app(
+        cfg,
+        out,
+        model_fn=model_fn,
+        data=dataset,
+        live=live,
+        on_summary=summaries.append,
+        resume=run,
+    )
+    client = make_client_app(model_fn=model_fn, data=dataset)
+    _run_simulation(server, client, cfg.clients)
+    if not summaries:
+        raise FedRLPruneError(
+            f"the run stopped again before it finished; see {out / 'run.log'}, then resume again"
+        )
+    return summaries[0]
+
+
+def check_resumable(out: Path, config: Config | None = None) -> tuple[Config, RunState]:
+    """The config and checkpoint of a stopped run in `out`; FedRLPruneError naming the problem
+    (not a results folder, finished, no or unreadable checkpoint, another config) and the fix."""
+    if not (out / "config.toml").is_file():
+        raise FedRLPruneError(
+            f"{out} has no config.toml: --resume takes the results folder of a stopped run"
+        )
+    if (out / "summary.json").exists():
+        raise FedRLPruneError(
+            f"{out} holds a finished run (summary.json is written): there is nothing to resume"
+        )
+    cfg = Config.load(out / "config.toml")
+    run = load_run_state(out / CHECKPOINT)
+    for other, what in ((run.config, "its checkpoint"), (config, "the config you gave")):
+        if other is None:
+            continue
+        theirs = other if isinstance(other, dict) else other.to_dict()
+        changed = config_changes(cfg.to_dict(), theirs)
+        if changed:
+            raise FedRLPruneError(
+                f"{out / 'config.toml'} differs from {what}: {changed}. A resumed run keeps the "
+                "config it started with: restore config.toml / drop --config and --set, or "
+                "start a new run"
+            )
+    return cfg, run
+
+
+def config_changes(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> str:
+    """The keys whose values differ, as `key: ours -> theirs`; empty when none does."""
+    keys = sorted(set(ours) | set(theirs))
+    return ", ".join(
+        f"{k}: {ours.get(k)!r} -> {theirs.get(k)!r}" for k in keys if ours.get(k) != theirs.get(k)
+    )
 
 
 def _as_config(config: Config | Mapping[str, Any] | str | Path | None) -> Config:
