@@ -87,7 +87,6 @@ def serve(
         rng.bit_generator.state = resume.rng_state
         failed, dropped = set(resume.failed), dict(resume.dropped)
         done, before = resume.round, resume.elapsed
-        log.info("resuming %s after round %d of %d", out_dir, done, cfg.rounds)
 
     def checkpoint(rnd: int, finished: bool = False) -> None:
         save_run_state(
@@ -114,6 +113,8 @@ def serve(
     recorder = RunRecorder(
         out_dir, cfg, resume.rows if resume else None, resume.rates if resume else None
     )
+    if resume is not None:  # said once run.log is open
+        log.info("resuming %s after round %d of %d", out_dir, done, cfg.rounds)
     title = f"{cfg.method} {cfg.dataset}/{cfg.model}"
     try:
         with RunProgress(cfg.rounds, title, live) as progress:
