@@ -237,7 +237,8 @@ def serve(
                 c: _instructions(cfg, fleet, policies, c, 0, state, global_masks) for c in everyone
             }
             evals, lost = _exchange(grid, nodes, sent, "evaluate", cfg, cfg.rounds, progress)
-            deployed_by, local_acc = {}, {}
+            deployed_by: dict[int, State] = {}
+            local_acc: dict[int, float] = {}
             for cid in everyone:
                 if cid in evals:
                     try:
