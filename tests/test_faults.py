@@ -131,6 +131,9 @@ def _faulty_model_fn(flag: Path) -> Callable[[tuple[int, ...], int], nn.Module]:
     return lambda shape, classes: Faulty(shape[0], classes)
 
 
+@pytest.mark.skipif(
+    (os.cpu_count() or 1) < 2, reason="the hung client holds one of the engine's workers"
+)
 def test_a_run_survives_a_client_that_raises_and_one_that_hangs(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     centers = rng.normal(scale=2.0, size=(3, 6))
@@ -182,3 +185,5 @@ def test_a_run_survives_a_client_that_raises_and_one_that_hangs(tmp_path: Path) 
     # Deployment heard from everyone: each client has its local accuracy.
     assert all(c["accuracy_local_test"] is not None for c in summary["per_client"])
     assert json.loads((out / "summary.json").read_text())["dropped_clients"] == dropped
+    report = (out / "report.md").read_text()
+    assert "Clients dropped at least once: 1, 2" in report and "min_clients" in report
