@@ -140,6 +140,20 @@ def test_a_new_run_refuses_the_folder_of_a_stopped_one(tmp_path: Path) -> None:
         run_experiment(cfg, out_dir=out, live=False)
 
 
+def test_flwr_run_resumes_through_its_run_config(tmp_path: Path) -> None:
+    cfg = Config.from_dict({"dataset": "digits", "model": "mlp", "clients": 4, "rounds": 3})
+    out = _stopped_run(tmp_path / "run", cfg)
+    values = {**cfg.to_dict(), "out": str(out), "resume": True}
+    got, folder, run = server_app.flwr_run_config(values)
+    assert got == cfg and folder == out and run is not None and run.round == 1
+    fresh, _, none = server_app.flwr_run_config({**values, "resume": False})
+    assert fresh == cfg and none is None
+    with pytest.raises(FedRLPruneError, match="needs out="):
+        server_app.flwr_run_config({**values, "out": ""})
+    with pytest.raises(FedRLPruneError, match="rounds: 3 -> 4"):
+        server_app.flwr_run_config({**values, "rounds": 4})
+
+
 # ------------------------------------------------------- a stopped and resumed run, end to end
 
 RUN = {
