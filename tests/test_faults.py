@@ -7,6 +7,7 @@ Flower's simulation engine where one client raises and another hangs past `round
 import csv
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,16 +17,18 @@ from uuid import uuid4
 import numpy as np
 import pytest
 import torch
-from flwr.app import Error, Message, RecordDict
+from flwr.app import Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 from fedrlprune.config import Config
 from fedrlprune.data.federated import federate, global_test
 from fedrlprune.data.user import user_dataset
+from fedrlprune.errors import PayloadError
 from fedrlprune.experiments.progress import RunProgress
 from fedrlprune.experiments.runner import run_experiment
-from fedrlprune.fl.server_app import _exchange
+from fedrlprune.fl import protocol
+from fedrlprune.fl.server_app import _deploy_reply, _exchange
 from fedrlprune.fl.training import as_tensors, evaluate
 
 # ----------------------------------------------------------------------- the exchange alone
@@ -99,6 +102,34 @@ def test_exchange_without_timeout_returns_as_soon_as_everyone_answered(
     replies, drops, seconds = _exchange_with({0: "ok", 1: "error"}, 0.0)
     assert list(replies) == [0] and drops == {1: ("error", "ValueError: boom")}
     assert seconds < 1.0
+
+
+@pytest.mark.parametrize(
+    ("metrics", "words"),
+    [
+        ({"test-accuracy": 0.75}, None),
+        ({"test-accuracy": 1.5}, "not a number in [0, 1]"),
+        ({"test-loss": 0.3}, "test-accuracy is None"),
+        (None, "lacks its model or its metrics"),
+    ],
+)
+def test_a_deployment_reply_is_used_only_when_whole(
+    metrics: dict[str, float] | None, words: str | None, flower_identity: None
+) -> None:
+    reference = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    mask = {"w": reference["w"] > 1}
+    content = RecordDict({protocol.ARRAYS: protocol.pack(reference, mask)})
+    if metrics is not None:
+        content[protocol.METRICS] = MetricRecord(metrics)
+    sent = Message(RecordDict(), dst_node_id=7, message_type="evaluate", group_id="3")
+    sent.metadata.__dict__["_message_id"] = uuid4().hex
+    reply = Message(content, reply_to=sent)
+    if words is None:
+        masks, acc = _deploy_reply(reply, reference)
+        assert acc == 0.75 and np.array_equal(masks["w"], mask["w"])
+    else:
+        with pytest.raises(PayloadError, match=re.escape(words)):
+            _deploy_reply(reply, reference)
 
 
 # ------------------------------------------------------------------- a run with bad clients
