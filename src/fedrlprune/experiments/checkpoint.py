@@ -8,6 +8,7 @@ universal Q-network and, without federated RL, each client's own (`policy/univer
 config, the sampling generator's state, each client's seen rounds, the metrics and rates rows
 written so far and the dropped clients. It is written to a temporary file and renamed, so a
 server killed at any moment leaves either the previous checkpoint or the new one, never half.
+`check_resumable` says whether a results folder holds a run that can go on, and if not why.
 """
 
 from __future__ import annotations
