@@ -108,3 +108,25 @@ def test_shipped_configs_are_valid() -> None:
     assert configs, "configs/ should hold example configs"
     for path in configs:
         Config.load(path)
+
+
+def test_fault_keys_default_to_waiting_for_everyone() -> None:
+    cfg = Config()
+    assert cfg.round_timeout == 0.0 and cfg.min_clients == 1
+    assert Config.from_dict({"round_timeout": 30, "min_clients": 3}).round_timeout == 30.0
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ({"round_timeout": -1.0}, ["round_timeout", "out of range"]),
+        ({"min_clients": 0}, ["min_clients", "out of range"]),
+        ({"clients": 4, "min_clients": 5}, ["min_clients", "5", "4 clients selected"]),
+        ({"clients": 10, "fraction": 0.2, "min_clients": 3}, ["min_clients", "raise fraction"]),
+    ],
+)
+def test_fault_keys_refuse_impossible_values(values: dict[str, object], words: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        Config.from_dict(values)
+    for word in words:
+        assert word in str(err.value)

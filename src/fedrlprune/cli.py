@@ -32,7 +32,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config key; repeatable (see `fedrlprune keys`)",
     )
-    run.add_argument("--out", type=Path, help="results folder (default: results/<run>-<time>)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, help="results folder (default: results/<run>-<time>)")
+    where.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RESULTS",
+        help="continue the stopped run in this results folder from its last checkpoint "
+        "(its config.toml is the config)",
+    )
     run.add_argument(
         "--no-live", action="store_true", help="plain log lines instead of a live display"
     )
@@ -71,10 +79,22 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print(f"exported: {args.results / 'export'}")
             return 0
-        cfg = Config.load(args.config, args.overrides)
-        from fedrlprune.experiments.runner import run_experiment  # heavy imports after checks
+        if args.resume is not None:
+            from fedrlprune.experiments.checkpoint import check_resumable
 
-        summary = run_experiment(cfg, out_dir=args.out, live=live)
+            given = None
+            if args.config is not None or args.overrides:
+                base = args.config or args.resume / "config.toml"
+                given = Config.load(base, args.overrides)
+            check_resumable(args.resume, given)  # before the heavy start of the engine
+            from fedrlprune.experiments.runner import resume_experiment
+
+            summary = resume_experiment(args.resume, config=given, live=live)
+        else:
+            cfg = Config.load(args.config, args.overrides)
+            from fedrlprune.experiments.runner import run_experiment  # heavy imports after checks
+
+            summary = run_experiment(cfg, out_dir=args.out, live=live)
     except FedRLPruneError as err:
         print(f"fedrlprune: error: {err}", file=sys.stderr)
         return 2

@@ -144,6 +144,18 @@ class Config:
         0, "clients that never train the policy and use it as it is (zero-shot)", lo=0
     )
     eval_every: int = _key(1, "evaluate the global model every N rounds (and the last)", lo=1)
+    round_timeout: float = _key(
+        0.0,
+        "seconds the server waits for a round's replies; clients that have not answered by "
+        "then are dropped from the round (0 = wait for every client)",
+        lo=0,
+    )
+    min_clients: int = _key(
+        1,
+        "accepted replies a round needs to update the global model and policy; with fewer "
+        "the round keeps the previous ones (at most the clients selected per round)",
+        lo=1,
+    )
     seed: int = _key(0, "seed of partitions, sampling, initial weights and training", lo=0)
 
     # ----------------------------------------------------------------------------- building
@@ -159,7 +171,7 @@ class Config:
                 f"Known keys: {', '.join(known)} (see `fedrlprune keys`)."
             )
         checked = {name: _check(known[name], value) for name, value in values.items()}
-        return dataclasses.replace(base or cls(), **checked)
+        return _check_together(dataclasses.replace(base or cls(), **checked))
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -173,6 +185,10 @@ class Config:
                 raise ConfigError(f"override {item!r} is not of the form key=value, e.g. rounds=5")
             values[key.strip()] = _parse_override(key.strip(), raw.strip())
         return cls.from_dict(values)
+
+    def per_round(self) -> int:
+        """Clients selected each round: `fraction` of them, at least one."""
+        return max(1, round(self.fraction * self.clients))
 
     def skip_list(self) -> list[str] | None:
         """`prune_skip` as `pruning_targets` takes it: None = the head, [] = nothing."""
@@ -259,6 +275,17 @@ def _check(f: dataclasses.Field[Any], value: Any) -> Any:
     if too_low or (hi is not None and value > hi):
         raise ConfigError(f"config key {f.name!r} = {value!r} is out of range: {_allowed(f)}.")
     return value
+
+
+def _check_together(cfg: Config) -> Config:
+    """Checks that involve more than one key (each key alone is already in range)."""
+    if cfg.min_clients > cfg.per_round():
+        raise ConfigError(
+            f"config key 'min_clients' = {cfg.min_clients} is more than the {cfg.per_round()} "
+            f"clients selected each round (clients={cfg.clients} x fraction={cfg.fraction:g}), "
+            "so no round could ever update the model; lower min_clients or raise fraction."
+        )
+    return cfg
 
 
 def _parse_override(key: str, raw: str) -> Any:

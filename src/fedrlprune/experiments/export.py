@@ -1,9 +1,10 @@
 """Deployable models from a results folder: the global model and one model per device tier.
 
 A run leaves `checkpoint.npz` (the global weights, the global mask and every client's mask,
-arrays only). `export_results` rebuilds each deployed model (global weights under a mask),
-compacts it when the mask is structured (whole channels gone, so it is physically smaller and
-faster), writes it as ONNX, and tabulates what each costs in parameters, FLOPs and bytes.
+arrays only; see checkpoint.py). `export_results` rebuilds each deployed model (global weights
+under a mask), compacts it when the mask is structured (whole channels gone, so it is
+physically smaller and faster), writes it as ONNX, and tabulates what each costs in
+parameters, FLOPs and bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from fedrlprune.config import Config
 from fedrlprune.data.loaders import ArrayDataset, load_dataset
 from fedrlprune.errors import FedRLPruneError
+from fedrlprune.experiments.checkpoint import CHECKPOINT
 from fedrlprune.fl.training import set_state
 from fedrlprune.models import ModelFactory, build_model
 from fedrlprune.pruning.compact import compact_model, export_onnx
@@ -26,21 +28,10 @@ from fedrlprune.pruning.metrics import model_cost
 from fedrlprune.pruning.payload import encode, encoded_bytes
 from fedrlprune.state import Masks, State
 
-CHECKPOINT = "checkpoint.npz"
-
-
-def save_checkpoint(
-    path: Path, state: State, global_masks: Masks, client_masks: dict[int, Masks]
-) -> None:
-    """Weights and masks as flat named arrays (no pickle): `state/...`, `mask/<who>/...`."""
-    arrays = {f"state/{k}": v for k, v in state.items()}
-    arrays |= {f"mask/global/{k}": v for k, v in global_masks.items()}
-    for cid, masks in client_masks.items():
-        arrays |= {f"mask/client{cid}/{k}": v for k, v in masks.items()}
-    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
-
 
 def load_checkpoint(path: Path) -> tuple[State, Masks, dict[int, Masks]]:
+    """The global weights, the global mask and each client's mask of a checkpoint (the other
+    entries, which only resuming needs, are skipped)."""
     if not path.is_file():
         raise FedRLPruneError(f"{path} is missing: is this the results folder of a finished run?")
     state: State = {}
@@ -51,6 +42,8 @@ def load_checkpoint(path: Path) -> tuple[State, Masks, dict[int, Masks]]:
             kind, _, rest = key.partition("/")
             if kind == "state":
                 state[rest] = data[key]
+                continue
+            if kind != "mask":
                 continue
             who, _, name = rest.partition("/")
             if who == "global":

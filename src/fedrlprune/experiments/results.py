@@ -1,7 +1,8 @@
 """The results folder of one run: config, per-round metrics, summary, partitions, log, report.
 
 Rows are appended to metrics.csv as rounds finish, so a run that stops early still leaves
-everything it completed on disk.
+everything it completed on disk; a resumed run first rewrites metrics.csv and rates.csv from
+its checkpoint, so each round is there exactly once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ ROUND_COLUMNS = (
     "clients_selected",
     "clients_replied",
     "clients_failed",
+    "clients_dropped",
+    "global_updated",
     "train_loss",
     "test_loss",
     "test_accuracy",
@@ -49,15 +52,28 @@ def default_out_dir(cfg: Config, root: Path = Path("results")) -> Path:
 class RunRecorder:
     """Writes the results files of one run into `out_dir` (created; must not hold a run)."""
 
-    def __init__(self, out_dir: Path, cfg: Config) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        cfg: Config,
+        rows: list[dict[str, Any]] | None = None,
+        rates: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """A new run, or (given the `rows` and `rates` of a checkpoint) one that goes on."""
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.toml").write_text(cfg.to_toml())
-        self.rows: list[dict[str, Any]] = []
-        self.rates: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = list(rows or [])
+        self.rates: list[dict[str, Any]] = list(rates or [])
         self._csv = out_dir / "metrics.csv"
-        with self._csv.open("w", newline="") as fh:
-            csv.writer(fh).writerow(ROUND_COLUMNS)
+        _write_csv(
+            self._csv, ROUND_COLUMNS, [[_cell(r.get(c)) for c in ROUND_COLUMNS] for r in self.rows]
+        )
+        if self.rates:
+            head = list(self.rates[0])
+            _write_csv(out_dir / "rates.csv", head, [[r[h] for h in head] for r in self.rates])
+        else:
+            (out_dir / "rates.csv").unlink(missing_ok=True)
         self._log_handler = logging.FileHandler(out_dir / "run.log")
         self._log_handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -105,6 +121,16 @@ class RunRecorder:
         for name in ("fedrlprune", "flwr"):
             logging.getLogger(name).removeHandler(self._log_handler)
         self._log_handler.close()
+
+
+def _write_csv(path: Path, head: Any, rows: list[list[Any]]) -> None:
+    """Write a whole CSV file atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(head)
+        writer.writerows(rows)
+    tmp.replace(path)
 
 
 def _cell(value: Any) -> Any:

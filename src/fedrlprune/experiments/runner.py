@@ -1,4 +1,5 @@
-"""`run_experiment`: one call from a config to a finished run on Flower's simulation engine.
+"""`run_experiment`: one call from a config to a finished run on Flower's simulation engine;
+`resume_experiment` continues a stopped one from its checkpoint.
 
 The CLI is a thin layer over this; researchers call it directly with their own model or data.
 """
@@ -15,6 +16,7 @@ from typing import Any
 from fedrlprune.config import Config
 from fedrlprune.data.user import UserData, user_dataset
 from fedrlprune.errors import FedRLPruneError
+from fedrlprune.experiments.checkpoint import CHECKPOINT, check_resumable
 from fedrlprune.experiments.results import default_out_dir
 from fedrlprune.fl.client_app import make_client_app
 from fedrlprune.fl.server_app import make_server_app
@@ -45,6 +47,11 @@ def run_experiment(
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
     if (out / "summary.json").exists():
         raise FedRLPruneError(f"{out} already holds a finished run; pick another --out folder")
+    if (out / CHECKPOINT).exists():
+        raise FedRLPruneError(
+            f"{out} holds a stopped run: continue it with `fedrlprune run --resume {out}` "
+            "(Python: resume_experiment), or pick another --out folder"
+        )
 
     summaries: list[dict[str, Any]] = []
     server = make_server_app(
@@ -54,6 +61,41 @@ def run_experiment(
     _run_simulation(server, client, cfg.clients)
     if not summaries:
         raise FedRLPruneError(f"the run stopped before it finished; see {out / 'run.log'}")
+    return summaries[0]
+
+
+def resume_experiment(
+    results: str | Path,
+    *,
+    config: Config | None = None,
+    model_fn: ModelFactory | None = None,
+    data: UserData | None = None,
+    live: bool | None = None,
+) -> dict[str, Any]:
+    """Continue a stopped run in `results` from its last checkpoint; return its summary.
+
+    The config is the folder's `config.toml`; `config`, when given, must equal it (a changed
+    config would not be the same run). A run with your own model or data needs them again.
+    """
+    out = Path(results)
+    cfg, run = check_resumable(out, config)
+    dataset = user_dataset(data) if data is not None else None
+    summaries: list[dict[str, Any]] = []
+    server = make_server_app(
+        cfg,
+        out,
+        model_fn=model_fn,
+        data=dataset,
+        live=live,
+        on_summary=summaries.append,
+        resume=run,
+    )
+    client = make_client_app(model_fn=model_fn, data=dataset)
+    _run_simulation(server, client, cfg.clients)
+    if not summaries:
+        raise FedRLPruneError(
+            f"the run stopped again before it finished; see {out / 'run.log'}, then resume again"
+        )
     return summaries[0]
 
 

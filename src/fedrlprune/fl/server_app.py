@@ -1,13 +1,16 @@
 """The Flower ServerApp: one federated round after another, written down as it goes.
 
 A round: sample clients (by client id, from the seed) -> send the global model -> collect and
-check replies -> aggregate -> evaluate -> record. The math lives in `aggregation.py`, the files
-in `experiments/results.py`; this module only moves data between them and Flower.
+check replies (dropping clients that fail, time out or send something unfit) -> aggregate when
+at least `min_clients` replies were accepted -> evaluate -> record -> checkpoint. The math
+lives in `aggregation.py`, the files in `experiments/`; this module only moves data between
+them and Flower.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +26,12 @@ from fedrlprune.data.federated import global_test
 from fedrlprune.data.loaders import ArrayDataset, load_dataset
 from fedrlprune.devices import TIERS, simulated_round, training_flops
 from fedrlprune.errors import FedRLPruneError, PayloadError
-from fedrlprune.experiments.export import CHECKPOINT, save_checkpoint
+from fedrlprune.experiments.checkpoint import (
+    CHECKPOINT,
+    RunState,
+    check_resumable,
+    save_run_state,
+)
 from fedrlprune.experiments.progress import RunProgress
 from fedrlprune.experiments.results import RunRecorder, default_out_dir
 from fedrlprune.fl import protocol
@@ -50,8 +58,13 @@ def serve(
     model_fn: ModelFactory | None = None,
     data: ArrayDataset | None = None,
     live: bool | None = None,
+    resume: RunState | None = None,
 ) -> dict[str, Any]:
-    """Run `cfg.rounds` federated rounds on `grid`, write the results, return the summary."""
+    """Run `cfg.rounds` federated rounds on `grid`, write the results, return the summary.
+
+    `resume`: a checkpoint of this run (same config); the run goes on after its round, with the
+    same sampling, models, masks and policies as if it had never stopped.
+    """
     started = time.perf_counter()
     dataset = data if data is not None else load_dataset(cfg.dataset, cfg.data_path or None)
     x_test, y_test = as_tensors(*global_test(cfg, dataset))
@@ -66,25 +79,63 @@ def serve(
     state = get_state(model)
     global_masks: Masks = {}
     dense_upload = protocol.record_bytes(protocol.pack(state, {}))  # one dense model
+    rng = np.random.default_rng(cfg.seed)
+    failed: set[int] = set()
+    dropped: dict[str, list[dict[str, Any]]] = {}  # round (or "deploy") -> dropped clients
+    done, before = 0, 0.0  # rounds completed and wall seconds spent in earlier sessions
+    if resume is not None:
+        state, global_masks = resume.state, resume.global_masks
+        for cid, rec in enumerate(fleet.clients):
+            rec.masks = resume.client_masks.get(cid)
+            rec.seen_rounds = list(resume.seen_rounds.get(cid, []))
+        policies.universal, policies.own = resume.universal, dict(resume.own_policies)
+        rng.bit_generator.state = resume.rng_state
+        failed, dropped = set(resume.failed), dict(resume.dropped)
+        done, before = resume.round, resume.elapsed
 
-    recorder = RunRecorder(out_dir, cfg)
+    def checkpoint(rnd: int, finished: bool = False) -> None:
+        save_run_state(
+            out_dir / CHECKPOINT,
+            RunState(
+                round=rnd,
+                config=cfg.to_dict(),
+                state=state,
+                global_masks=global_masks,
+                client_masks={c.cid: c.masks for c in fleet.clients if c.masks is not None},
+                seen_rounds={c.cid: c.seen_rounds for c in fleet.clients if c.seen_rounds},
+                universal=policies.universal,
+                own_policies=policies.own,
+                rng_state=rng.bit_generator.state,
+                rows=recorder.rows,
+                rates=recorder.rates,
+                dropped=dropped,
+                failed=sorted(failed),
+                elapsed=before + time.perf_counter() - started,
+                finished=finished,
+            ),
+        )
+
+    recorder = RunRecorder(
+        out_dir, cfg, resume.rows if resume else None, resume.rates if resume else None
+    )
+    if resume is not None:  # said once run.log is open
+        log.info("resuming %s after round %d of %d", out_dir, done, cfg.rounds)
     title = f"{cfg.method} {cfg.dataset}/{cfg.model}"
     try:
         with RunProgress(cfg.rounds, title, live) as progress:
             nodes, stats = _handshake(grid, cfg)
             recorder.write_json("partitions.json", stats)
-            rng = np.random.default_rng(cfg.seed)
-            per_round = max(1, round(cfg.fraction * cfg.clients))
-            failed: set[int] = set()
-            for rnd in range(1, cfg.rounds + 1):
+            for rnd in range(done + 1, cfg.rounds + 1):
                 t0 = time.perf_counter()
-                chosen = sorted(rng.choice(cfg.clients, size=per_round, replace=False).tolist())
+                chosen = sorted(
+                    rng.choice(cfg.clients, size=cfg.per_round(), replace=False).tolist()
+                )
                 progress.round_started(rnd, len(chosen))
                 sent = {
                     c: _instructions(cfg, fleet, policies, c, rnd, state, global_masks)
                     for c in chosen
                 }
-                replies = _exchange(grid, nodes, sent, "train", cfg, rnd, progress)
+                replies, lost = _exchange(grid, nodes, sent, "train", cfg, rnd, progress)
                 expected = {
                     c: Expected(
                         state,
@@ -94,21 +145,31 @@ def serve(
                     )
                     for c in chosen
                 }
-                accepted = _accept(replies, expected, rnd)
-                failed.update(set(chosen) - set(accepted))
-                policies.update({c: r.policy for c, r in accepted.items() if r.policy is not None})
+                accepted, refused = _accept(replies, expected, rnd)
+                lost |= refused
+                failed.update(lost)
+                if lost:
+                    dropped[str(rnd)] = _drop_entries(lost)
                 sim_seconds, sim_joules = 0.0, 0.0
                 for cid, reply in accepted.items():
-                    masks, metrics = reply.masks, reply.metrics
-                    fleet.clients[cid].masks = masks or None
-                    fleet.clients[cid].seen_rounds.append(rnd)
                     down = sent[cid][0][protocol.ARRAYS]
                     secs, joules = _simulated(fleet, cid, reply, down)
                     sim_seconds, sim_joules = max(sim_seconds, secs), sim_joules + joules
-                    recorder.add_rates(
-                        rnd, cid, fleet.clients[cid].tier, cid in fleet.heldout, _rates(metrics)
+                updated = len(accepted) >= cfg.min_clients
+                if updated:
+                    policies.update(
+                        {c: r.policy for c, r in accepted.items() if r.policy is not None}
                     )
-                if accepted:
+                    for cid, reply in accepted.items():
+                        fleet.clients[cid].masks = reply.masks or None
+                        fleet.clients[cid].seen_rounds.append(rnd)
+                        recorder.add_rates(
+                            rnd,
+                            cid,
+                            fleet.clients[cid].tier,
+                            cid in fleet.heldout,
+                            _rates(reply.metrics),
+                        )
                     state, global_masks = aggregate_sparse(
                         [r.state for r in accepted.values()],
                         [r.masks for r in accepted.values()],
@@ -120,7 +181,13 @@ def serve(
                         target_sparsity=cfg.server_sparsity or None,
                     )
                 else:
-                    log.warning("round %d: no usable reply, the global model stays as it was", rnd)
+                    log.warning(
+                        "round %d: %d accepted replies, fewer than min_clients=%d: the global "
+                        "model, masks and policy stay as they were",
+                        rnd,
+                        len(accepted),
+                        cfg.min_clients,
+                    )
                 deployed = apply_masks(state, global_masks)
                 set_state(model, deployed)
                 evaluate_now = rnd % cfg.eval_every == 0 or rnd == cfg.rounds
@@ -135,6 +202,8 @@ def serve(
                     "clients_selected": len(chosen),
                     "clients_replied": len(accepted),
                     "clients_failed": len(chosen) - len(accepted),
+                    "clients_dropped": ";".join(str(c) for c in sorted(lost)),
+                    "global_updated": int(updated),
                     "train_loss": _weighted_mean(
                         [float(m["train-loss"]) for m in metrics_of], weights
                     ),
@@ -162,47 +231,50 @@ def serve(
                     "sim_joules": sim_joules,
                 }
                 recorder.add_round(row)
+                checkpoint(rnd)
                 progress.round_done(rnd, _round_line(row))
 
             # Deployment: every client (held out or never selected too) prunes the final global
-            # model to its final budget by the method's rule, evaluates it and sends it back.
+            # model to its final budget by the method's rule, evaluates it and sends it back. A
+            # client that does not answer keeps the mask the server knows and no local accuracy.
             progress.round_started(cfg.rounds, cfg.clients, "deploy and evaluate")
             everyone = list(range(cfg.clients))
             sent = {
                 c: _instructions(cfg, fleet, policies, c, 0, state, global_masks) for c in everyone
             }
-            evals = _exchange(grid, nodes, sent, "evaluate", cfg, cfg.rounds, progress)
-            deployed_by = {}
+            evals, lost = _exchange(grid, nodes, sent, "evaluate", cfg, cfg.rounds, progress)
+            deployed_by: dict[int, State] = {}
+            local_acc: dict[int, float] = {}
             for cid in everyone:
-                try:
-                    _, masks = protocol.unpack(
-                        evals[cid].content.array_records[protocol.ARRAYS], state
-                    )
-                    fleet.clients[cid].masks = masks or fleet.clients[cid].masks
-                except (KeyError, PayloadError) as err:
-                    log.warning("client %d: no usable deployed model (%s)", cid, err)
+                if cid in evals:
+                    try:
+                        masks, local_acc[cid] = _deploy_reply(evals[cid], state)
+                        fleet.clients[cid].masks = masks or fleet.clients[cid].masks
+                    except PayloadError as err:
+                        log.warning("client %d: no usable deployed model (%s)", cid, err)
+                        lost[cid] = ("refused", str(err))
                 deployed_by[cid] = fleet.deployed(cid, state, global_masks)
+            if lost:
+                dropped["deploy"] = _drop_entries(lost)
         per_client = []
         for cid in everyone:
             set_state(model, deployed_by[cid])
             entry = fleet.report(cid, deployed_by[cid])
             entry["accuracy_global_test"] = evaluate(model, x_test, y_test)[1]
-            done = evals.get(cid)
-            entry["accuracy_local_test"] = (
-                float(cast(float, done.content.metric_records[protocol.METRICS]["test-accuracy"]))
-                if done
-                else float("nan")
-            )
+            entry["accuracy_local_test"] = local_acc.get(cid, float("nan"))
             per_client.append(entry)
         set_state(model, apply_masks(state, global_masks))
         summary = _summary(
             cfg, model_fn, data, facts, recorder.rows, per_client, state, global_masks, failed
         )
-        summary["wall_seconds"] = time.perf_counter() - started
+        summary["dropped_clients"] = dropped
+        summary["rounds_without_update"] = [
+            r["round"] for r in recorder.rows if not r["global_updated"]
+        ]
+        summary["wall_seconds"] = before + time.perf_counter() - started
         summary["out_dir"] = str(out_dir)
         torch.save(model.state_dict(), out_dir / "global_model.pt")
-        own = {c.cid: c.masks for c in fleet.clients if c.masks is not None}
-        save_checkpoint(out_dir / CHECKPOINT, state, global_masks, own)
+        checkpoint(cfg.rounds, finished=True)
         save_policy(out_dir / "policy.npz", policies.universal)
         summary = recorder.finish(summary)
     except BaseException:
@@ -250,17 +322,41 @@ def _rates(metrics: dict[str, Any]) -> dict[str, float]:
     return {k.removeprefix("rate/"): float(v) for k, v in metrics.items() if k.startswith("rate/")}
 
 
+Drops = dict[int, tuple[str, str]]  # client -> (reason: error, timeout or refused; detail)
+
+
 def _accept(
     replies: dict[int, Message], expected: dict[int, Expected], rnd: int
-) -> dict[int, Reply]:
+) -> tuple[dict[int, Reply], Drops]:
     """Check every reply (validation.py); a reply that does not fit is refused and logged."""
     accepted: dict[int, Reply] = {}
+    refused: Drops = {}
     for cid, reply in replies.items():
         try:
             accepted[cid] = check_reply(reply.content, expected[cid])
         except PayloadError as err:
             log.warning("round %d: refused the reply of client %d: %s", rnd, cid, err)
-    return accepted
+            refused[cid] = ("refused", str(err))
+    return accepted, refused
+
+
+def _drop_entries(drops: Drops) -> list[dict[str, Any]]:
+    """Dropped clients as summary.json lists them: client, reason, detail, in client order."""
+    return [
+        {"client": cid, "reason": reason, "detail": detail}
+        for cid, (reason, detail) in sorted(drops.items())
+    ]
+
+
+def _deploy_reply(reply: Message, reference: State) -> tuple[Masks, float]:
+    """A deployment reply's mask and local test accuracy; PayloadError if either is unusable."""
+    if protocol.ARRAYS not in reply.content or protocol.METRICS not in reply.content:
+        raise PayloadError("the reply lacks its model or its metrics")
+    _, masks = protocol.unpack(reply.content.array_records[protocol.ARRAYS], reference)
+    acc = reply.content.metric_records[protocol.METRICS].get("test-accuracy")
+    if not isinstance(acc, int | float) or not 0.0 <= acc <= 1.0:
+        raise PayloadError(f"test-accuracy is {acc!r}, not a number in [0, 1]")
+    return masks, float(acc)
 
 
 def _simulated(fleet: Fleet, cid: int, reply: Reply, download: ArrayRecord) -> tuple[float, float]:
@@ -390,32 +486,58 @@ def _exchange(
     cfg: Config,
     rnd: int,
     progress: RunProgress,
-) -> dict[int, Message]:
-    """Send each chosen client its records and per-call values; replies in client order."""
-    by_node = {nodes[cid]: cid for cid in sent}
-    msgs = [
-        Message(
+) -> tuple[dict[int, Message], Drops]:
+    """Send each chosen client its records and per-call values; return the replies in client
+    order and the clients dropped: an error reply, no reply within `round_timeout` seconds
+    (0: wait for all), or a message that could not be sent.
+
+    Replies are matched by the id of the message they answer, never by sender: an error the
+    SuperLink writes for an unreachable node comes from the SuperLink, and a late reply to an
+    earlier round's message answers an id this call never waits for, so it is ignored.
+    """
+    msgs = {
+        cid: Message(
             RecordDict({**records, protocol.CONFIG: protocol.config_record(cfg, **extras)}),
             dst_node_id=nodes[cid],
             message_type=kind,
             group_id=str(rnd),
         )
         for cid, (records, extras) in sent.items()
-    ]
-    pending = set(grid.push_messages(msgs))
+    }
+    pushed = {i for i in grid.push_messages(list(msgs.values())) if i}
+    waiting = {m.metadata.message_id: cid for cid, m in msgs.items()}
+    drops: Drops = {
+        cid: ("error", "the message could not be sent")
+        for mid, cid in waiting.items()
+        if mid not in pushed
+    }
+    waiting = {mid: cid for mid, cid in waiting.items() if mid in pushed}
+    deadline = time.monotonic() + cfg.round_timeout if cfg.round_timeout > 0 else math.inf
     replies: dict[int, Message] = {}
-    while pending:
-        for reply in grid.pull_messages(pending):
-            pending.discard(reply.metadata.reply_to_message_id)
-            cid = by_node[reply.metadata.src_node_id]
+    while waiting:
+        for reply in grid.pull_messages(list(waiting)):
+            cid = waiting.pop(reply.metadata.reply_to_message_id, None)
+            if cid is None:
+                continue  # not a reply this call waits for
             if reply.has_error():
                 log.warning("round %d: client %d failed: %s", rnd, cid, reply.error.reason)
+                drops[cid] = ("error", reply.error.reason)
             else:
                 replies[cid] = reply
             progress.client_done(cid, not reply.has_error())
-        if pending:
+        if waiting and time.monotonic() >= deadline:
+            for cid in waiting.values():
+                log.warning(
+                    "round %d: client %d did not reply within round_timeout=%g s; dropped",
+                    rnd,
+                    cid,
+                    cfg.round_timeout,
+                )
+                drops[cid] = ("timeout", f"no reply within {cfg.round_timeout:g} s")
+            break
+        if waiting:
             time.sleep(0.05)
-    return dict(sorted(replies.items()))
+    return dict(sorted(replies.items())), dict(sorted(drops.items()))
 
 
 def _groups(per_client: list[dict[str, Any]]) -> dict[str, float]:
@@ -460,13 +582,14 @@ def make_server_app(
     data: ArrayDataset | None = None,
     live: bool | None = None,
     on_summary: Callable[[dict[str, Any]], None] | None = None,
+    resume: RunState | None = None,
 ) -> ServerApp:
     """A ServerApp bound to a config (the simulation path of `fedrlprune run` and the API)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        summary = serve(grid, cfg, out_dir, model_fn=model_fn, data=data, live=live)
+        summary = serve(grid, cfg, out_dir, model_fn=model_fn, data=data, live=live, resume=resume)
         if on_summary is not None:
             on_summary(summary)
 
@@ -480,7 +603,20 @@ app = ServerApp()
 
 @app.main()
 def _flwr_main(grid: Grid, context: Context) -> None:
-    values = dict(context.run_config)
+    cfg, out, resume = flwr_run_config(dict(context.run_config))
+    serve(grid, cfg, out, live=False, resume=resume)
+
+
+def flwr_run_config(values: dict[str, Any]) -> tuple[Config, Path, RunState | None]:
+    """`flwr run`'s run config: the config keys, `out` (the results folder; empty: a fresh one)
+    and `resume` (true: go on with the stopped run in `out`, whose config must be this one)."""
+    values = dict(values)
     out = str(values.pop("out", "") or "")
+    resume = bool(values.pop("resume", False))
     cfg = Config.from_dict(values)
-    serve(grid, cfg, Path(out) if out else default_out_dir(cfg), live=False)
+    if not resume:
+        return cfg, Path(out) if out else default_out_dir(cfg), None
+    if not out:
+        raise FedRLPruneError("resume=true needs out='RESULTS', the folder of the stopped run")
+    cfg, run = check_resumable(Path(out), cfg)
+    return cfg, Path(out), run
