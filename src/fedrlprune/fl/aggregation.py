@@ -73,7 +73,8 @@ def aggregate_sparse(
     it is at least that sparse. Values outside the global mask are not zeroed: the mask says
     what is deployed, and the values survive so pruned weights can regrow later. Unmasked
     parameters (biases, BatchNorm, the head) take plain `fedavg`. Sums run in float64 in the
-    given order and are cast back to each parameter's dtype, so the result is deterministic. Bad input raises ValueError.
+    given order and are cast back to each parameter's dtype, so the result is deterministic.
+    Bad input raises ValueError.
     """
     _check_args(states, masks, weights, rule, unkept, vote_threshold, target_sparsity)
     masked = [name for name in states[0] if any(name in m for m in masks)]
