@@ -22,11 +22,16 @@ from fedrlprune.data.partition import PARTITIONS
 from fedrlprune.errors import ConfigError
 from fedrlprune.rl.env import REWARDS
 
-METHODS = ("fedrlprune", "fedavg", "magnitude")
+METHODS = ("fedrlprune", "fedavg", "magnitude", "prunefl")
 PRUNE_MODES = ("unstructured", "structured")
-AGGREGATIONS = ("vote", "lotteryfl", "hermes", "naive")
+AGGREGATIONS = ("auto", "vote", "lotteryfl", "hermes", "naive")
 UNKEPT = ("previous", "zero")
 RL_POLICIES = ("federated", "local", "central")
+# The aggregation rule each method's paper uses (`aggregation = "auto"`) where it is not the
+# mask-vote weighted average (DESIGN section 5).
+METHOD_AGGREGATION: dict[str, str] = {}
+# Methods that prune single weights as their papers do; structured pruning is refused for them.
+UNSTRUCTURED_ONLY = ("prunefl",)
 # Keys that were renamed: an old config gets told what to write instead.
 RENAMED = {
     "rl_federated": 'rl_policy = "federated" (was true) or "local" (was false)',
@@ -80,7 +85,10 @@ class Config:
         1.0, "share of each split kept (for quick runs)", lo=0.0, hi=1.0, lo_open=True
     )
     prune_rate: float = _key(
-        0.8, "`magnitude`: final sparsity of every pruned layer", lo=0.0, hi=0.99
+        0.8,
+        "`magnitude`: final sparsity of every pruned layer",
+        lo=0.0,
+        hi=0.99,
     )
     prune_mode: str = _key(
         "unstructured", "prune single weights or whole channels/neurons", choices=PRUNE_MODES
@@ -100,7 +108,10 @@ class Config:
         "head", "layers left dense: `head` (the classifier), a comma list of names, or empty"
     )
     aggregation: str = _key(
-        "vote", "how sparse client models merge (DESIGN section 5)", choices=AGGREGATIONS
+        "auto",
+        "how sparse client models merge (DESIGN section 5); `auto` = the method's own rule "
+        "(vote for every method so far)",
+        choices=AGGREGATIONS,
     )
     unkept: str = _key(
         "previous",
@@ -165,7 +176,13 @@ class Config:
                 f"Known keys: {', '.join(known)} (see `fedrlprune keys`)."
             )
         checked = {name: _check(known[name], value) for name, value in values.items()}
-        return dataclasses.replace(base or cls(), **checked)
+        cfg = dataclasses.replace(base or cls(), **checked)
+        if cfg.method in UNSTRUCTURED_ONLY and cfg.prune_mode == "structured":
+            raise ConfigError(
+                f"method {cfg.method!r} prunes single weights, as its paper does; set "
+                'prune_mode = "unstructured"'
+            )
+        return cfg
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -185,6 +202,17 @@ class Config:
         if self.prune_skip.strip() == "head":
             return None
         return [name.strip() for name in self.prune_skip.split(",") if name.strip()]
+
+    def aggregation_rule(self) -> str:
+        """The rule the server merges with: `aggregation`, or the method's own for `auto`."""
+        if self.aggregation != "auto":
+            return self.aggregation
+        return METHOD_AGGREGATION.get(self.method, "vote")
+
+    @property
+    def structured(self) -> bool:
+        """Whether masks remove whole channels (`prune_mode`)."""
+        return self.prune_mode == "structured"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -30,6 +30,7 @@ class Expected:
     sent_masks: Masks  # the mask the client was sent; its reply may prune more, never less
     examples: int  # training samples the client's partition holds (from the handshake)
     policy: State | None = None  # the Q-network's layout, when a policy may come back
+    importance: State | None = None  # PruneFL: layout of the squared gradients asked for
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Reply:
     metrics: dict[str, Any]
     policy: State | None
     upload_bytes: int
+    importance: State | None = None  # PruneFL: accumulated squared gradients per weight
 
 
 def check_reply(content: RecordDict, expected: Expected) -> Reply:
@@ -55,7 +57,17 @@ def check_reply(content: RecordDict, expected: Expected) -> Reply:
         if expected.policy is None:
             raise PayloadError("the reply carries a policy, but none was sent")
         policy, _ = protocol.unpack(content.array_records[protocol.POLICY], expected.policy)
-    return Reply(state, masks, metrics, policy, protocol.record_bytes(record))
+    upload = protocol.record_bytes(record)
+    importance = None
+    if protocol.IMPORTANCE in content:
+        if expected.importance is None:
+            raise PayloadError("the reply carries squared gradients, but none were asked for")
+        imp_record = content.array_records[protocol.IMPORTANCE]
+        importance, _ = protocol.unpack(imp_record, expected.importance)
+        if any((v < 0).any() for v in importance.values()):
+            raise PayloadError("squared gradients must not be negative")
+        upload += protocol.record_bytes(imp_record)
+    return Reply(state, masks, metrics, policy, upload, importance)
 
 
 def _check_monotone(masks: Masks, sent: Masks) -> None:

@@ -1,0 +1,8 @@
+"""The compared methods beside `fedrlprune`, one module per paper, on the same runner.
+
+- `prunefl`: PruneFL (Jiang et al., TNNLS 2022), one mask readjusted by gradient importance
+  per unit of round time.
+
+Each module holds the paper's math as pure functions and says where it departs from the paper;
+`server.py` and `client.py` are the thin hooks the Flower apps call.
+"""

@@ -1,0 +1,99 @@
+"""What a client does for each baseline around its local training; nothing here knows Flower.
+
+`prune` runs before training, `training_hook` sees every optimiser step and `after_training`
+finishes the round; each baseline acts in the hooks it needs (its module says what it does
+there), and the ClientApp calls them the same way for every baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedrlprune.config import Config
+from fedrlprune.pruning.masks import MaskEnforcer, layer_sparsity
+from fedrlprune.state import Masks, State
+
+BASELINES = ("prunefl",)
+
+
+@dataclass
+class ClientData:
+    """The client's own splits and model, as the ClientApp holds them."""
+
+    model: nn.Module
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    targets: list[str]
+
+
+def prune(
+    cfg: Config, data: ClientData, state: State, masks: Masks, extra: dict[str, Any]
+) -> tuple[State, Masks, dict[str, Any]]:
+    """The baseline's step before training: (state, masks, metrics)."""
+    # PruneFL and FedDST prune on the server: the mask they are sent is the one they train.
+    return state, masks, {}
+
+
+@dataclass
+class ImportanceHook:
+    """PruneFL: sums every weight's squared gradient over the local steps, pruned weights
+    included (read before the mask zeroes their gradient), then enforces the mask."""
+
+    model: nn.Module
+    masks: Masks
+    names: list[str]
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    rest: float = 0.0  # squared gradients of every other parameter, summed
+
+    def __post_init__(self) -> None:
+        self.enforcer = MaskEnforcer(self.model, self.masks) if self.masks else None
+        self.params = dict(self.model.named_parameters())
+        self.sums = {n: torch.zeros_like(self.params[n]) for n in self.names}
+
+    def before_step(self) -> None:
+        with torch.no_grad():
+            for name, param in self.params.items():
+                if param.grad is None:
+                    continue
+                if name in self.sums:
+                    self.sums[name] += param.grad.square()
+                else:
+                    self.rest += float(param.grad.square().sum())
+        if self.enforcer is not None:
+            self.enforcer.before_step()
+
+    def after_step(self) -> None:
+        if self.enforcer is not None:
+            self.enforcer.after_step()
+
+
+def training_hook(
+    cfg: Config, model: nn.Module, masks: Masks, targets: list[str], extra: dict[str, Any]
+) -> ImportanceHook | MaskEnforcer | None:
+    """The step hook for local training: the mask, and PruneFL's importance when asked."""
+    if cfg.method == "prunefl" and extra.get("importance"):
+        return ImportanceHook(model, masks, [f"{t}.weight" for t in targets])
+    return MaskEnforcer(model, masks) if masks else None
+
+
+def after_training(
+    cfg: Config,
+    data: ClientData,
+    masks: Masks,
+    hook: ImportanceHook | MaskEnforcer | None,
+    extra: dict[str, Any],
+) -> tuple[Masks, dict[str, Any], State | None]:
+    """Finish the round: (masks to send, metrics, squared gradients for PruneFL or None)."""
+    metrics: dict[str, Any] = {}
+    importance = None
+    if isinstance(hook, ImportanceHook):
+        importance = {n: t.detach().cpu().numpy().copy() for n, t in hook.sums.items()}
+        metrics["importance-rest"] = hook.rest
+    metrics |= {f"rate/{layer}": rate for layer, rate in layer_sparsity(masks).items()}
+    return masks, metrics, importance
