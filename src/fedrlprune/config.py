@@ -22,7 +22,7 @@ from fedrlprune.data.partition import PARTITIONS
 from fedrlprune.errors import ConfigError
 from fedrlprune.rl.env import REWARDS
 
-METHODS = ("fedrlprune", "fedavg", "magnitude", "prunefl")
+METHODS = ("fedrlprune", "fedavg", "magnitude", "prunefl", "feddst")
 PRUNE_MODES = ("unstructured", "structured")
 AGGREGATIONS = ("auto", "vote", "lotteryfl", "hermes", "naive")
 UNKEPT = ("previous", "zero")
@@ -31,7 +31,7 @@ RL_POLICIES = ("federated", "local", "central")
 # mask-vote weighted average (DESIGN section 5).
 METHOD_AGGREGATION: dict[str, str] = {}
 # Methods that prune single weights as their papers do; structured pruning is refused for them.
-UNSTRUCTURED_ONLY = ("prunefl",)
+UNSTRUCTURED_ONLY = ("prunefl", "feddst")
 # Keys that were renamed: an old config gets told what to write instead.
 RENAMED = {
     "rl_federated": 'rl_policy = "federated" (was true) or "local" (was false)',
@@ -86,7 +86,7 @@ class Config:
     )
     prune_rate: float = _key(
         0.8,
-        "`magnitude`: final sparsity of every pruned layer",
+        "`magnitude`, `feddst`: final sparsity of every pruned layer",
         lo=0.0,
         hi=0.99,
     )

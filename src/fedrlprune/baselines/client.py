@@ -13,11 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedrlprune.baselines import feddst
 from fedrlprune.config import Config
-from fedrlprune.pruning.masks import MaskEnforcer, layer_sparsity
+from fedrlprune.fl.training import get_state, set_state
+from fedrlprune.pruning.masks import MaskEnforcer, apply_masks, layer_sparsity
 from fedrlprune.state import Masks, State
 
-BASELINES = ("prunefl",)
+BASELINES = ("prunefl", "feddst")
 
 
 @dataclass
@@ -95,5 +97,16 @@ def after_training(
     if isinstance(hook, ImportanceHook):
         importance = {n: t.detach().cpu().numpy().copy() for n, t in hook.sums.items()}
         metrics["importance-rest"] = hook.rest
+    ratio = float(extra.get("readjust", 0.0))
+    if cfg.method == "feddst" and ratio > 0.0 and masks:
+        names = [f"{t}.weight" for t in data.targets]
+        grads = feddst.local_gradients(data.model, data.x_train, data.y_train, names)
+        state = get_state(data.model)
+        moved = dict(masks)
+        for name in names:
+            moved[name] = feddst.prune_and_regrow(state[name], masks[name], grads[name], ratio)
+        set_state(data.model, apply_masks(state, moved))  # regrown at zero, dropped zeroed
+        metrics["mask-moved"] = int(sum(int((moved[n] & ~masks[n]).sum()) for n in names))
+        masks = moved
     metrics |= {f"rate/{layer}": rate for layer, rate in layer_sparsity(masks).items()}
     return masks, metrics, importance

@@ -13,19 +13,22 @@ from typing import Any
 
 import numpy as np
 
-from fedrlprune.baselines import prunefl
+from fedrlprune.baselines import feddst, prunefl
 from fedrlprune.config import Config
 from fedrlprune.devices import TIERS
 from fedrlprune.fl.fleet import Fleet
 from fedrlprune.fl.validation import Reply
-from fedrlprune.pruning.masks import apply_masks
+from fedrlprune.pruning.masks import apply_masks, magnitude_masks
 from fedrlprune.state import Masks, State
+
+ANY_VOTE = 1e-9  # vote threshold that keeps every weight at least one client kept
 
 
 class BaselinePlan:
     """The hooks with their neutral behaviour; each baseline overrides what it needs."""
 
     keeps_own_masks = True  # False: every client follows the server's one mask
+    may_move = False  # True: client masks may move at constant density (prune and regrow)
 
     def __init__(self, cfg: Config, fleet: Fleet) -> None:
         self.cfg = cfg
@@ -129,8 +132,37 @@ class PruneFLPlan(BaselinePlan):
         return state, dict(self.masks)
 
 
+class FedDSTPlan(BaselinePlan):
+    """Sparse from the start; clients prune and regrow; the server re-prunes to the target."""
+
+    keeps_own_masks = False
+    may_move = True
+
+    def start(self, state: State, train_sizes: dict[int, int]) -> tuple[State, Masks]:
+        masks = magnitude_masks(state, dict.fromkeys(self.targets, self.cfg.prune_rate))
+        # The cosine anneals to zero just after the last readjustment round.
+        self.end = max(self.fleet.prune_rounds) + 1
+        return apply_masks(state, masks), masks
+
+    def masks_for(self, cid: int, rnd: int, state: State, global_masks: Masks) -> Masks:
+        return global_masks
+
+    def extras(self, cid: int, rnd: int) -> dict[str, Any]:
+        if rnd in self.fleet.prune_rounds:
+            return {"readjust": feddst.readjust_ratio(rnd, self.end)}
+        return {}
+
+    def aggregation(self) -> dict[str, Any]:
+        target = max(self.cfg.prune_rate, self.cfg.server_sparsity)
+        return {"vote_threshold": ANY_VOTE, "target_sparsity": target}
+
+    def after_aggregate(self, rnd: int, state: State, global_masks: Masks) -> tuple[State, Masks]:
+        return apply_masks(state, global_masks), global_masks
+
+
 PLANS: dict[str, type[BaselinePlan]] = {
     "prunefl": PruneFLPlan,
+    "feddst": FedDSTPlan,
 }
 
 

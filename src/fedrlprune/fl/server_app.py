@@ -97,6 +97,7 @@ def serve(
                         int(stats[c]["train"]),
                         policies.universal if protocol.POLICY in sent[c][0] else None,
                         plan.importance_layout(rnd) if plan is not None else None,
+                        plan is not None and plan.may_move,
                     )
                     for c in chosen
                 }
