@@ -22,16 +22,16 @@ from fedrlprune.data.partition import PARTITIONS
 from fedrlprune.errors import ConfigError
 from fedrlprune.rl.env import REWARDS
 
-METHODS = ("fedrlprune", "fedavg", "magnitude", "prunefl", "feddst")
+METHODS = ("fedrlprune", "fedavg", "magnitude", "prunefl", "lotteryfl", "feddst")
 PRUNE_MODES = ("unstructured", "structured")
 AGGREGATIONS = ("auto", "vote", "lotteryfl", "hermes", "naive")
 UNKEPT = ("previous", "zero")
 RL_POLICIES = ("federated", "local", "central")
-# The aggregation rule each method's paper uses (`aggregation = "auto"`) where it is not the
-# mask-vote weighted average (DESIGN section 5).
-METHOD_AGGREGATION: dict[str, str] = {}
+# The aggregation rule each method's paper uses (`aggregation = "auto"`): LotteryFL averages by
+# mask count, the rest take the mask-vote weighted average (DESIGN section 5).
+METHOD_AGGREGATION = {"lotteryfl": "lotteryfl"}
 # Methods that prune single weights as their papers do; structured pruning is refused for them.
-UNSTRUCTURED_ONLY = ("prunefl", "feddst")
+UNSTRUCTURED_ONLY = ("prunefl", "lotteryfl", "feddst")
 # Keys that were renamed: an old config gets told what to write instead.
 RENAMED = {
     "rl_federated": 'rl_policy = "federated" (was true) or "local" (was false)',
@@ -86,7 +86,7 @@ class Config:
     )
     prune_rate: float = _key(
         0.8,
-        "`magnitude`, `feddst`: final sparsity of every pruned layer",
+        "`magnitude`, `lotteryfl`, `feddst`: final sparsity of every pruned layer",
         lo=0.0,
         hi=0.99,
     )
@@ -110,7 +110,7 @@ class Config:
     aggregation: str = _key(
         "auto",
         "how sparse client models merge (DESIGN section 5); `auto` = the method's own rule "
-        "(vote for every method so far)",
+        "(lotteryfl for lotteryfl, vote otherwise)",
         choices=AGGREGATIONS,
     )
     unkept: str = _key(
@@ -153,6 +153,12 @@ class Config:
         "`federated`: average the clients' Q-networks into one policy; `local`: each client "
         "keeps its own agent; `central`: one agent trained on one client only, used by all",
         choices=RL_POLICIES,
+    )
+    lottery_threshold: float = _key(
+        0.5,
+        "`lotteryfl`: a client prunes further once its validation accuracy reaches this",
+        lo=0,
+        hi=1,
     )
     heldout_clients: int = _key(
         0, "clients that never train the policy and use it as it is (zero-shot)", lo=0

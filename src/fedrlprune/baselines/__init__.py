@@ -2,6 +2,7 @@
 
 - `prunefl`: PruneFL (Jiang et al., TNNLS 2022), one mask readjusted by gradient importance
   per unit of round time.
+- `lotteryfl`: LotteryFL (Li et al., 2020), personal lottery tickets.
 - `feddst`: FedDST (Bibikar et al., AAAI 2022), prune and regrow at constant sparsity.
 
 Each module holds the paper's math as pure functions and says where it departs from the paper;

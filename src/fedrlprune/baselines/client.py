@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedrlprune.baselines import feddst
+from fedrlprune.baselines import feddst, lotteryfl
 from fedrlprune.config import Config
-from fedrlprune.fl.training import get_state, set_state
-from fedrlprune.pruning.masks import MaskEnforcer, apply_masks, layer_sparsity
+from fedrlprune.fl.training import evaluate, get_state, set_state
+from fedrlprune.pruning.masks import MaskEnforcer, apply_masks, layer_sparsity, magnitude_masks
 from fedrlprune.state import Masks, State
 
-BASELINES = ("prunefl", "feddst")
+BASELINES = ("prunefl", "lotteryfl", "feddst")
 
 
 @dataclass
@@ -32,14 +32,27 @@ class ClientData:
     x_val: torch.Tensor
     y_val: torch.Tensor
     targets: list[str]
+    initial: State | None = None  # the run's initial weights (LotteryFL's rewind)
 
 
 def prune(
     cfg: Config, data: ClientData, state: State, masks: Masks, extra: dict[str, Any]
 ) -> tuple[State, Masks, dict[str, Any]]:
     """The baseline's step before training: (state, masks, metrics)."""
-    # PruneFL and FedDST prune on the server: the mask they are sent is the one they train.
-    return state, masks, {}
+    if cfg.method != "lotteryfl" or not extra.get("learn"):
+        return state, masks, {}
+    set_state(data.model, state)
+    _, acc = evaluate(data.model, data.x_val, data.y_val)
+    sparsity = lotteryfl.sparsity_of(masks, data.targets)
+    metrics: dict[str, Any] = {"val-accuracy-before": acc, "pruned-now": 0}
+    if not lotteryfl.should_prune(acc, cfg.lottery_threshold, sparsity, cfg.prune_rate):
+        return state, masks, metrics
+    if data.initial is None:
+        raise ValueError("lotteryfl needs the run's initial weights to rewind to")
+    rate = lotteryfl.next_rate(sparsity, cfg.prune_rate)
+    masks = magnitude_masks(state, dict.fromkeys(data.targets, rate), "unstructured", masks)
+    metrics["pruned-now"] = 1
+    return lotteryfl.reset_to_init(data.initial, masks), masks, metrics
 
 
 @dataclass
@@ -110,3 +123,11 @@ def after_training(
         masks = moved
     metrics |= {f"rate/{layer}": rate for layer, rate in layer_sparsity(masks).items()}
     return masks, metrics, importance
+
+
+def initial_state(model_fn: Any, input_shape: tuple[int, ...], classes: int, seed: int) -> State:
+    """The run's initial weights, rebuilt the way the server builds them (same seed, same
+    factory), so they never travel: LotteryFL's rewind point."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return get_state(model_fn(input_shape, classes))

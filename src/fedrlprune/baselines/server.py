@@ -160,8 +160,19 @@ class FedDSTPlan(BaselinePlan):
         return apply_masks(state, global_masks), global_masks
 
 
+class LotteryFLPlan(BaselinePlan):
+    """Personal masks; the global model keeps every weight some client keeps."""
+
+    def extras(self, cid: int, rnd: int) -> dict[str, Any]:
+        return {"learn": 1} if rnd else {}
+
+    def aggregation(self) -> dict[str, Any]:
+        return {"vote_threshold": ANY_VOTE, "target_sparsity": self.cfg.server_sparsity or None}
+
+
 PLANS: dict[str, type[BaselinePlan]] = {
     "prunefl": PruneFLPlan,
+    "lotteryfl": LotteryFLPlan,
     "feddst": FedDSTPlan,
 }
 

@@ -49,6 +49,7 @@ class _Local:
     stats: dict[str, Any]  # sizes and label histogram, for the partition report
     layers: list[LayerInfo] = field(default_factory=list)  # counted on first RL use
     total_flops: int = 0
+    initial: State | None = None  # the run's initial weights (LotteryFL rewinds to them)
 
     def baseline(self, targets: list[str]) -> baselines.ClientData:
         return baselines.ClientData(
@@ -58,6 +59,7 @@ class _Local:
             self.x_val,
             self.y_val,
             targets,
+            self.initial,
         )
 
 
@@ -87,6 +89,10 @@ def make_client_app(
                 ds.input_shape,
                 fed.client_stats(cid),
             )
+            if cfg.method == "lotteryfl":
+                cache[key].initial = baselines.initial_state(
+                    factory, ds.input_shape, ds.num_classes, cfg.seed
+                )
         return cid, cache[key]
 
     @app.query()
