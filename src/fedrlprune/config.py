@@ -22,14 +22,15 @@ from fedrlprune.data.partition import PARTITIONS
 from fedrlprune.errors import ConfigError
 from fedrlprune.rl.env import REWARDS
 
-METHODS = ("fedrlprune", "fedavg", "magnitude", "prunefl", "lotteryfl", "feddst")
+METHODS = ("fedrlprune", "fedavg", "magnitude", "prunefl", "fedmp", "lotteryfl", "feddst")
 PRUNE_MODES = ("unstructured", "structured")
-AGGREGATIONS = ("auto", "vote", "lotteryfl", "hermes", "naive")
+AGGREGATIONS = ("auto", "vote", "lotteryfl", "hermes", "naive", "residual")
 UNKEPT = ("previous", "zero")
 RL_POLICIES = ("federated", "local", "central")
-# The aggregation rule each method's paper uses (`aggregation = "auto"`): LotteryFL averages by
-# mask count, the rest take the mask-vote weighted average (DESIGN section 5).
-METHOD_AGGREGATION = {"lotteryfl": "lotteryfl"}
+# The aggregation rule each method's paper uses (`aggregation = "auto"`): FedMP recovers what a
+# client pruned from the global model (residual), LotteryFL averages by mask count, the rest
+# take the mask-vote weighted average (DESIGN section 5).
+METHOD_AGGREGATION = {"fedmp": "residual", "lotteryfl": "lotteryfl"}
 # Methods that prune single weights as their papers do; structured pruning is refused for them.
 UNSTRUCTURED_ONLY = ("prunefl", "lotteryfl", "feddst")
 # Keys that were renamed: an old config gets told what to write instead.
@@ -110,7 +111,7 @@ class Config:
     aggregation: str = _key(
         "auto",
         "how sparse client models merge (DESIGN section 5); `auto` = the method's own rule "
-        "(lotteryfl for lotteryfl, vote otherwise)",
+        "(residual for fedmp, lotteryfl for lotteryfl, vote otherwise)",
         choices=AGGREGATIONS,
     )
     unkept: str = _key(
@@ -186,7 +187,7 @@ class Config:
         if cfg.method in UNSTRUCTURED_ONLY and cfg.prune_mode == "structured":
             raise ConfigError(
                 f"method {cfg.method!r} prunes single weights, as its paper does; set "
-                'prune_mode = "unstructured"'
+                'prune_mode = "unstructured" (or use method fedmp for structured sub-models)'
             )
         return cfg
 
@@ -217,8 +218,9 @@ class Config:
 
     @property
     def structured(self) -> bool:
-        """Whether masks remove whole channels (`prune_mode`)."""
-        return self.prune_mode == "structured"
+        """Whether masks remove whole channels: `prune_mode`, or always for FedMP's
+        sub-models."""
+        return self.prune_mode == "structured" or self.method == "fedmp"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

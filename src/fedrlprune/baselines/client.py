@@ -19,7 +19,7 @@ from fedrlprune.fl.training import evaluate, get_state, set_state
 from fedrlprune.pruning.masks import MaskEnforcer, apply_masks, layer_sparsity, magnitude_masks
 from fedrlprune.state import Masks, State
 
-BASELINES = ("prunefl", "lotteryfl", "feddst")
+BASELINES = ("prunefl", "fedmp", "lotteryfl", "feddst")
 
 
 @dataclass
@@ -97,6 +97,13 @@ def training_hook(
     return MaskEnforcer(model, masks) if masks else None
 
 
+def before_training(cfg: Config, data: ClientData, extra: dict[str, Any]) -> dict[str, Any]:
+    """FedMP: the training loss of the sub-model as received, for the bandit's reward."""
+    if cfg.method == "fedmp" and extra.get("loss_delta"):
+        return {"loss-before": evaluate(data.model, data.x_train, data.y_train)[0]}
+    return {}
+
+
 def after_training(
     cfg: Config,
     data: ClientData,
@@ -107,6 +114,8 @@ def after_training(
     """Finish the round: (masks to send, metrics, squared gradients for PruneFL or None)."""
     metrics: dict[str, Any] = {}
     importance = None
+    if cfg.method == "fedmp" and extra.get("loss_delta"):
+        metrics["loss-after"] = evaluate(data.model, data.x_train, data.y_train)[0]
     if isinstance(hook, ImportanceHook):
         importance = {n: t.detach().cpu().numpy().copy() for n, t in hook.sums.items()}
         metrics["importance-rest"] = hook.rest

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from fedrlprune.baselines import feddst, prunefl
+from fedrlprune.baselines import feddst, fedmp, prunefl
 from fedrlprune.config import Config
-from fedrlprune.devices import TIERS
+from fedrlprune.devices import TIERS, within_budget
 from fedrlprune.fl.fleet import Fleet
 from fedrlprune.fl.validation import Reply
 from fedrlprune.pruning.masks import apply_masks, magnitude_masks
@@ -170,8 +170,47 @@ class LotteryFLPlan(BaselinePlan):
         return {"vote_threshold": ANY_VOTE, "target_sparsity": self.cfg.server_sparsity or None}
 
 
+class FedMPPlan(BaselinePlan):
+    """A bandit per client picks its sub-model's ratio; structured sub-models cut on the server."""
+
+    def start(self, state: State, train_sizes: dict[int, int]) -> tuple[State, Masks]:
+        def fits(cid: int, ratio: float) -> bool:
+            cost = self.facts.cost(apply_masks(state, self._cut(state, ratio)))
+            limit = self.fleet.clients[cid].budget
+            return within_budget(limit, cost.effective_flops, cost.nonzero_params)
+
+        self.bandits = {
+            rec.cid: fedmp.DiscountedUCB(
+                fedmp.feasible_arms(fedmp.ARMS, lambda r, c=rec.cid: fits(c, r))
+            )
+            for rec in self.fleet.clients
+        }
+        self.played: dict[int, int] = {}
+        return state, {}
+
+    def _cut(self, state: State, ratio: float) -> Masks:
+        if ratio <= 0.0:
+            return {}
+        return magnitude_masks(state, dict.fromkeys(self.targets, ratio), "structured")
+
+    def masks_for(self, cid: int, rnd: int, state: State, global_masks: Masks) -> Masks:
+        bandit = self.bandits[cid]
+        arm = bandit.best() if rnd == 0 else bandit.choose()
+        self.played[cid] = arm
+        return self._cut(state, bandit.arms[arm])
+
+    def extras(self, cid: int, rnd: int) -> dict[str, Any]:
+        return {"loss_delta": 1} if rnd else {}
+
+    def observe(self, cid: int, reply: Reply, seconds: float) -> None:
+        before = float(reply.metrics.get("loss-before", float("nan")))
+        after = float(reply.metrics.get("loss-after", float("nan")))
+        self.bandits[cid].update(self.played[cid], fedmp.reward(before, after, seconds))
+
+
 PLANS: dict[str, type[BaselinePlan]] = {
     "prunefl": PruneFLPlan,
+    "fedmp": FedMPPlan,
     "lotteryfl": LotteryFLPlan,
     "feddst": FedDSTPlan,
 }

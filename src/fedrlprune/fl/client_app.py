@@ -111,6 +111,7 @@ def make_client_app(
         state, masks, metrics, policy = prune(cfg, loc, state, masks, extra, msg, cid)
         set_state(loc.model, state)
         targets = pruning_targets(loc.model, cfg.skip_list())
+        metrics |= baselines.before_training(cfg, loc.baseline(targets), extra)
         hook = baselines.training_hook(cfg, loc.model, masks, targets, extra)
         result = train(
             loc.model,
