@@ -77,9 +77,9 @@ def test_fits_final_needs_a_mask_inside_the_final_budget(facts: ModelFacts) -> N
     state = get_state(build_model("lenet5", (1, 28, 28), 10))
     assert not fleet.fits_final(0, state, {})  # never pruned: the policy must decide
     fleet.clients[0].masks = magnitude_masks(state, dict.fromkeys(facts.targets, 0.999))
-    assert fleet.fits_final(0, state, {})  # near nothing left: inside any tier's budget
+    assert fleet.fits_final(0, state, fleet.deploy_masks(0, {}))  # inside any tier's budget
     fleet.clients[0].masks = magnitude_masks(state, dict.fromkeys(facts.targets, 0.01))
-    assert not fleet.fits_final(0, state, {})  # every tier's budget is below 99% of the model
+    assert not fleet.fits_final(0, state, fleet.deploy_masks(0, {}))  # every budget is < 99%
 
 
 @pytest.mark.parametrize("regrow", [True, False])
@@ -94,3 +94,14 @@ def test_regrow_sends_the_global_mask_in_pruning_rounds_only(
     pruning, training = fleet.prune_rounds[-1], fleet.prune_rounds[-1] + 1
     assert fleet.masks_for(0, global_masks, training) is own
     assert fleet.masks_for(0, global_masks, pruning) is (global_masks if regrow else own)
+
+
+def test_central_policy_is_trained_by_one_client_only(facts: ModelFacts) -> None:
+    cfg = Config.from_dict({"rl_policy": "central", "clients": 6, "heldout_clients": 2})
+    fleet = Fleet(cfg, facts)
+    assert fleet.trainer not in fleet.heldout
+    assert fleet.trainer == min(set(range(6)) - fleet.heldout)
+    learners = [c for c in range(6) if fleet.rl_extras(c, 1, learn=True)["learn"]]
+    assert learners == [fleet.trainer]
+    local = Fleet(Config.from_dict({"rl_policy": "local", "clients": 6}), facts)
+    assert all(local.rl_extras(c, 1, learn=True)["learn"] for c in range(6))

@@ -108,6 +108,7 @@ def _stopped_run(folder: Path, cfg: Config) -> Path:
         ("edited config", ["differs from its checkpoint", "rounds: 5 -> 3"]),
         ("--set", ["differs from the config you gave", "rounds: 3 -> 4"]),
         ("not a results folder", ["no config.toml"]),
+        ("a baseline", ["`feddst` run", "cannot resume", "Resumable methods: fedrlprune"]),
     ],
 )
 def test_resume_mistakes_exit_2_naming_the_problem_and_the_fix(
@@ -124,6 +125,9 @@ def test_resume_mistakes_exit_2_naming_the_problem_and_the_fix(
         (out / "config.toml").write_text(Config.from_dict({**cfg.to_dict(), "rounds": 5}).to_toml())
     elif change == "--set":
         args += ["--set", "rounds=4"]
+    elif change == "a baseline":
+        feddst = Config.from_dict({**cfg.to_dict(), "method": "feddst"})
+        (out / "config.toml").write_text(feddst.to_toml())
     else:
         (out / "config.toml").unlink()
     assert main(args) == 2

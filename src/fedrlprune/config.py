@@ -22,10 +22,21 @@ from fedrlprune.data.partition import PARTITIONS
 from fedrlprune.errors import ConfigError
 from fedrlprune.rl.env import REWARDS
 
-METHODS = ("fedrlprune", "fedavg", "magnitude")
+METHODS = ("fedrlprune", "fedavg", "magnitude", "prunefl", "fedmp", "lotteryfl", "feddst")
 PRUNE_MODES = ("unstructured", "structured")
-AGGREGATIONS = ("vote", "lotteryfl", "hermes", "naive")
+AGGREGATIONS = ("auto", "vote", "lotteryfl", "hermes", "naive", "residual")
 UNKEPT = ("previous", "zero")
+RL_POLICIES = ("federated", "local", "central")
+# The aggregation rule each method's paper uses (`aggregation = "auto"`): FedMP recovers what a
+# client pruned from the global model (residual), LotteryFL averages by mask count, the rest
+# take the mask-vote weighted average (DESIGN section 5).
+METHOD_AGGREGATION = {"fedmp": "residual", "lotteryfl": "lotteryfl"}
+# Methods that prune single weights as their papers do; structured pruning is refused for them.
+UNSTRUCTURED_ONLY = ("prunefl", "lotteryfl", "feddst")
+# Keys that were renamed: an old config gets told what to write instead.
+RENAMED = {
+    "rl_federated": 'rl_policy = "federated" (was true) or "local" (was false)',
+}
 
 
 def _key(
@@ -75,7 +86,10 @@ class Config:
         1.0, "share of each split kept (for quick runs)", lo=0.0, hi=1.0, lo_open=True
     )
     prune_rate: float = _key(
-        0.8, "`magnitude`: final sparsity of every pruned layer", lo=0.0, hi=0.99
+        0.8,
+        "`magnitude`, `lotteryfl`, `feddst`: final sparsity of every pruned layer",
+        lo=0.0,
+        hi=0.99,
     )
     prune_mode: str = _key(
         "unstructured", "prune single weights or whole channels/neurons", choices=PRUNE_MODES
@@ -95,7 +109,10 @@ class Config:
         "head", "layers left dense: `head` (the classifier), a comma list of names, or empty"
     )
     aggregation: str = _key(
-        "vote", "how sparse client models merge (DESIGN section 5)", choices=AGGREGATIONS
+        "auto",
+        "how sparse client models merge (DESIGN section 5); `auto` = the method's own rule "
+        "(residual for fedmp, lotteryfl for lotteryfl, vote otherwise)",
+        choices=AGGREGATIONS,
     )
     unkept: str = _key(
         "previous",
@@ -132,8 +149,17 @@ class Config:
     rl_lr: float = _key(1e-3, "learning rate of the Q-network", lo=0, hi=1, lo_open=True)
     rl_eps_start: float = _key(1.0, "exploration at the first pruning round", lo=0, hi=1)
     rl_eps_end: float = _key(0.05, "exploration at the last pruning round", lo=0, hi=1)
-    rl_federated: bool = _key(
-        True, "average the clients' Q-networks into one policy (false: each keeps its own)"
+    rl_policy: str = _key(
+        "federated",
+        "`federated`: average the clients' Q-networks into one policy; `local`: each client "
+        "keeps its own agent; `central`: one agent trained on one client only, used by all",
+        choices=RL_POLICIES,
+    )
+    lottery_threshold: float = _key(
+        0.5,
+        "`lotteryfl`: a client prunes further once its validation accuracy reaches this",
+        lo=0,
+        hi=1,
     )
     regrow: bool = _key(
         True,
@@ -165,13 +191,22 @@ class Config:
         """Build a config from plain values, refusing unknown keys, wrong types and ranges."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
+        renamed = [f"{k!r} is gone: write {RENAMED[k]}" for k in unknown if k in RENAMED]
+        if renamed:
+            raise ConfigError("; ".join(renamed) + ".")
         if unknown:
             raise ConfigError(
                 f"unknown config key(s): {', '.join(unknown)}. "
                 f"Known keys: {', '.join(known)} (see `fedrlprune keys`)."
             )
         checked = {name: _check(known[name], value) for name, value in values.items()}
-        return _check_together(dataclasses.replace(base or cls(), **checked))
+        cfg = dataclasses.replace(base or cls(), **checked)
+        if cfg.method in UNSTRUCTURED_ONLY and cfg.prune_mode == "structured":
+            raise ConfigError(
+                f"method {cfg.method!r} prunes single weights, as its paper does; set "
+                'prune_mode = "unstructured" (or use method fedmp for structured sub-models)'
+            )
+        return _check_together(cfg)
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -195,6 +230,18 @@ class Config:
         if self.prune_skip.strip() == "head":
             return None
         return [name.strip() for name in self.prune_skip.split(",") if name.strip()]
+
+    def aggregation_rule(self) -> str:
+        """The rule the server merges with: `aggregation`, or the method's own for `auto`."""
+        if self.aggregation != "auto":
+            return self.aggregation
+        return METHOD_AGGREGATION.get(self.method, "vote")
+
+    @property
+    def structured(self) -> bool:
+        """Whether masks remove whole channels: `prune_mode`, or always for FedMP's
+        sub-models."""
+        return self.prune_mode == "structured" or self.method == "fedmp"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

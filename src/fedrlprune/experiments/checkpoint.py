@@ -28,6 +28,7 @@ from fedrlprune.config import Config
 from fedrlprune.errors import FedRLPruneError
 from fedrlprune.state import Masks, State
 
+RESUMABLE = ("fedrlprune", "fedavg", "magnitude")  # the baselines' plans are not saved
 CHECKPOINT = "checkpoint.npz"
 FORMAT = 1  # bump when the layout changes; older checkpoints are refused by name
 
@@ -136,6 +137,12 @@ def check_resumable(out: Path, config: Config | None = None) -> tuple[Config, Ru
             f"{out} holds a finished run (summary.json is written): there is nothing to resume"
         )
     cfg = Config.load(out / "config.toml")
+    if cfg.method not in RESUMABLE:
+        raise FedRLPruneError(
+            f"{out} is a `{cfg.method}` run: that baseline keeps server state the checkpoint "
+            f"does not hold (e.g. bandits, importance), so it cannot resume; start it again. "
+            f"Resumable methods: {', '.join(RESUMABLE)}"
+        )
     run = load_run_state(out / CHECKPOINT)
     for other, what in ((run.config, "its checkpoint"), (config, "the config you gave")):
         if other is None:

@@ -87,6 +87,8 @@ class Fleet:
         self.clients = [self._record(cid, tier) for cid, tier in enumerate(tiers)]
         order = np.random.default_rng(cfg.seed + 17).permutation(cfg.clients)
         self.heldout = {int(c) for c in order[: cfg.heldout_clients]}
+        # `rl_policy = "central"`: the one client that trains the agent (the first not held out).
+        self.trainer = min((c for c in range(cfg.clients) if c not in self.heldout), default=0)
 
     def _record(self, cid: int, tier: str) -> ClientRecord:
         limit = budget(TIERS[tier], self.facts.total_flops, self.facts.dense_params)
@@ -140,8 +142,12 @@ class Fleet:
             "rate_scale": scheduled_rate(1.0, step or steps, steps),
             "eps_start": float(eps[max(step, 1) - 1]),
             "eps_end": float(eps[max(step, 1)]),
-            "learn": int(learn and cid not in self.heldout),
+            "learn": int(learn and cid not in self.heldout and self._trains_policy(cid)),
         }
+
+    def _trains_policy(self, cid: int) -> bool:
+        """Whether `cid` trains the agent: everyone, except under `rl_policy = "central"`."""
+        return self.cfg.rl_policy != "central" or cid == self.trainer
 
     def masks_for(self, cid: int, global_masks: Masks, rnd: int = 0) -> Masks:
         """The mask client `cid` trains under in round `rnd`: its own, or the global one for a
@@ -166,11 +172,12 @@ class Fleet:
         """The model client `cid` runs: the global model under its own mask."""
         return apply_masks(state, self.deploy_masks(cid, global_masks))
 
-    def fits_final(self, cid: int, state: State, global_masks: Masks) -> bool:
-        """Whether client `cid` has pruned and its deployed model fits its final budget."""
+    def fits_final(self, cid: int, state: State, masks: Masks) -> bool:
+        """Whether client `cid` has pruned and `state` under `masks` (its deployment masks)
+        fits its final budget."""
         if self.clients[cid].masks is None:
             return False
-        cost = self.facts.cost(self.deployed(cid, state, global_masks))
+        cost = self.facts.cost(apply_masks(state, masks))
         return within_budget(self.clients[cid].budget, cost.effective_flops, cost.nonzero_params)
 
     def report(self, cid: int, deployed: State) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedrlprune.baselines.server import BaselinePlan, make_plan
 from fedrlprune.config import Config
 from fedrlprune.data.federated import global_test
 from fedrlprune.data.loaders import ArrayDataset, load_dataset
@@ -71,11 +72,10 @@ def serve(
     torch.manual_seed(cfg.seed)
     factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
     model = factory(dataset.input_shape, dataset.num_classes)
-    facts = ModelFacts.of(
-        model, dataset.input_shape, cfg.skip_list(), cfg.prune_mode == "structured"
-    )
+    facts = ModelFacts.of(model, dataset.input_shape, cfg.skip_list(), cfg.structured)
     fleet = Fleet(cfg, facts)
-    policies = PolicyStore(new_agent(cfg.seed).get_weights(), cfg.rl_federated)
+    policies = PolicyStore(new_agent(cfg.seed).get_weights(), cfg.rl_policy, fleet.trainer)
+    plan = make_plan(cfg, fleet)  # None for fedrlprune, fedavg and magnitude
     state = get_state(model)
     global_masks: Masks = {}
     dense_upload = protocol.record_bytes(protocol.pack(state, {}))  # one dense model
@@ -125,23 +125,30 @@ def serve(
         with RunProgress(cfg.rounds, title, live) as progress:
             nodes, stats = _handshake(grid, cfg)
             recorder.write_json("partitions.json", stats)
+            if plan is not None:
+                state, global_masks = plan.start(state, {s["client"]: s["train"] for s in stats})
             for rnd in range(done + 1, cfg.rounds + 1):
                 t0 = time.perf_counter()
                 chosen = sorted(
                     rng.choice(cfg.clients, size=cfg.per_round(), replace=False).tolist()
                 )
                 progress.round_started(rnd, len(chosen))
+                if plan is not None:
+                    state, global_masks = plan.before_round(rnd, state, global_masks)
+                sent_masks = {c: _masks(fleet, plan, c, rnd, state, global_masks) for c in chosen}
                 sent = {
-                    c: _instructions(cfg, fleet, policies, c, rnd, state, global_masks)
+                    c: _instructions(cfg, fleet, policies, plan, c, rnd, state, sent_masks[c])
                     for c in chosen
                 }
                 replies, lost = _exchange(grid, nodes, sent, "train", cfg, rnd, progress)
                 expected = {
                     c: Expected(
                         state,
-                        fleet.masks_for(c, global_masks, rnd),
+                        sent_masks[c],
                         int(stats[c]["train"]),
                         policies.universal if protocol.POLICY in sent[c][0] else None,
+                        plan.importance_layout(rnd) if plan is not None else None,
+                        plan is not None and plan.may_move,
                     )
                     for c in chosen
                 }
@@ -154,6 +161,8 @@ def serve(
                 for cid, reply in accepted.items():
                     down = sent[cid][0][protocol.ARRAYS]
                     secs, joules = _simulated(fleet, cid, reply, down)
+                    if plan is not None:
+                        plan.observe(cid, reply, secs)
                     sim_seconds, sim_joules = max(sim_seconds, secs), sim_joules + joules
                 updated = len(accepted) >= cfg.min_clients
                 if updated:
@@ -161,7 +170,8 @@ def serve(
                         {c: r.policy for c, r in accepted.items() if r.policy is not None}
                     )
                     for cid, reply in accepted.items():
-                        fleet.clients[cid].masks = reply.masks or None
+                        if plan is None or plan.keeps_own_masks:
+                            fleet.clients[cid].masks = reply.masks or None
                         fleet.clients[cid].seen_rounds.append(rnd)
                         recorder.add_rates(
                             rnd,
@@ -170,16 +180,25 @@ def serve(
                             cid in fleet.heldout,
                             _rates(reply.metrics),
                         )
+                    options = (
+                        plan.aggregation()
+                        if plan is not None
+                        else {
+                            "vote_threshold": cfg.vote_threshold,
+                            "target_sparsity": cfg.server_sparsity or None,
+                        }
+                    )
                     state, global_masks = aggregate_sparse(
                         [r.state for r in accepted.values()],
                         [r.masks for r in accepted.values()],
                         [float(r.metrics["num-examples"]) for r in accepted.values()],
                         state,
-                        rule=cfg.aggregation,
+                        rule=cfg.aggregation_rule(),
                         unkept=cfg.unkept,
-                        vote_threshold=cfg.vote_threshold,
-                        target_sparsity=cfg.server_sparsity or None,
+                        **options,
                     )
+                    if plan is not None:
+                        state, global_masks = plan.after_aggregate(rnd, state, global_masks)
                 else:
                     log.warning(
                         "round %d: %d accepted replies, fewer than min_clients=%d: the global "
@@ -239,8 +258,10 @@ def serve(
             # client that does not answer keeps the mask the server knows and no local accuracy.
             progress.round_started(cfg.rounds, cfg.clients, "deploy and evaluate")
             everyone = list(range(cfg.clients))
+            final = {c: _masks(fleet, plan, c, 0, state, global_masks) for c in everyone}
             sent = {
-                c: _instructions(cfg, fleet, policies, c, 0, state, global_masks) for c in everyone
+                c: _instructions(cfg, fleet, policies, plan, c, 0, state, final[c])
+                for c in everyone
             }
             evals, lost = _exchange(grid, nodes, sent, "evaluate", cfg, cfg.rounds, progress)
             deployed_by: dict[int, State] = {}
@@ -287,29 +308,44 @@ def serve(
 Payload = tuple[dict[str, ArrayRecord], dict[str, Any]]  # records and per-call values
 
 
-def _instructions(
-    cfg: Config,
+def _masks(
     fleet: Fleet,
-    policies: PolicyStore,
+    plan: BaselinePlan | None,
     cid: int,
     rnd: int,
     state: State,
     global_masks: Masks,
+) -> Masks:
+    """The mask client `cid` is sent in round `rnd` (0: deployment): the baseline's choice, or
+    its own mask (the global one before it has pruned; both together at deployment)."""
+    if plan is not None:
+        return plan.masks_for(cid, rnd, state, global_masks)
+    if rnd == 0:
+        return fleet.deploy_masks(cid, global_masks)
+    return fleet.masks_for(cid, global_masks, rnd)
+
+
+def _instructions(
+    cfg: Config,
+    fleet: Fleet,
+    policies: PolicyStore,
+    plan: BaselinePlan | None,
+    cid: int,
+    rnd: int,
+    state: State,
+    masks: Masks,
 ) -> Payload:
-    """What client `cid` gets: the global model under its mask, and the method's orders for this
+    """What client `cid` gets: the global model under `masks`, and the method's orders for this
     round (`rnd` = 0: deployment, prune to the final budget without training the policy)."""
-    masks = (
-        fleet.deploy_masks(cid, global_masks)
-        if rnd == 0
-        else fleet.masks_for(cid, global_masks, rnd)
-    )
     records = {protocol.ARRAYS: protocol.pack(state, masks)}
     extras: dict[str, Any] = {"round": rnd or cfg.rounds}
-    if cfg.method == "magnitude":
+    if plan is not None:
+        extras |= plan.extras(cid, rnd)
+    elif cfg.method == "magnitude":
         final = fleet.clients[cid].final_rate
         extras["prune_rate"] = final if rnd == 0 else fleet.rate_now(cid, rnd)
     elif cfg.method == "fedrlprune" and (
-        fleet.step(rnd) or (rnd == 0 and not fleet.fits_final(cid, state, global_masks))
+        fleet.step(rnd) or (rnd == 0 and not fleet.fits_final(cid, state, masks))
     ):
         # at deployment a client keeps the mask it was last trained under when that fits its
         # final budget: asking the policy again could only prune weights it never trained without
