@@ -1,0 +1,427 @@
+"""End to end on Flower's deployment engine, on loopback: one SuperLink and three SuperNodes as
+separate processes, TLS on, SuperNode authentication on, driven by Flower's own CLI
+(`flower-superlink`, `flower-supernode`, `flwr supernode register`, `flwr run`).
+
+Every process started here carries a marker in its environment; the fixture's teardown ends
+each of them (and whatever Flower started below them) by its id, also when a test fails. Ports
+are picked at run time, FLWR_HOME is a temporary folder, and every wait polls with a deadline
+under one overall bound, so a broken federation fails the test instead of hanging CI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode and flwr live here
+NODES = 3
+TOTAL_SECONDS = 900.0  # the whole module: no wait below may outlast it
+RUN_SECONDS = 420.0  # one `flwr run`
+MARKER = "FEDRLPRUNE_E2E_FEDERATION"
+# Tiny runs: scikit-learn's digits (bundled, no files), an MLP, one SuperNode per client.
+BASE_RUN = {"dataset": "digits", "model": "mlp", "clients": NODES, "rounds": 2, "local_epochs": 2}
+CHANCE = 0.1  # ten digit classes
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _marked(marker: str) -> list[int]:
+    """Ids of the live processes whose environment holds this federation's marker."""
+    found = []
+    needle = f"{MARKER}={marker}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0") and _alive(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """True while the process runs (a zombie waiting for its parent counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _descendants(pid: int) -> list[int]:
+    """The process and everything below it (Flower starts its SuperExec in a new session, so a
+    process group would miss it)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string
+    return repr(value)
+
+
+class Federation:
+    """A SuperLink and NODES SuperNodes on loopback with TLS and SuperNode authentication."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.deadline = time.monotonic() + TOTAL_SECONDS
+        self.marker = uuid.uuid4().hex
+        self.certs = root / "certs"
+        self.port = _free_port()
+        self.node_ports = [_free_port() for _ in range(NODES)]
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_HOME": str(root / "flwr-home"),
+            MARKER: self.marker,
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.superlink: subprocess.Popen[bytes] | None = None
+        self.nodes: dict[int, subprocess.Popen[bytes]] = {}
+        self.node_ids: dict[int, str] = {}  # partition -> SuperNode id given at registration
+
+    def left(self, cap: float = TOTAL_SECONDS) -> float:
+        """Seconds this wait may take: at most `cap`, never past the module's deadline."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"the deployment tests ran past {TOTAL_SECONDS:.0f} s")
+        return min(cap, remaining)
+
+    def wait_for(self, what: str, check: Any, cap: float, every: float = 0.5) -> None:
+        """Poll `check()` until it is true; fail naming `what` after `cap` seconds."""
+        end = time.monotonic() + self.left(cap)
+        while not check():
+            if time.monotonic() > end:
+                raise TimeoutError(f"timed out after {cap:.0f} s waiting for {what}")
+            time.sleep(every)
+
+    def spawn(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                args,
+                cwd=self.root,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, away from pytest's signals
+            )
+
+    def flwr(self, *args: str, cap: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "flwr"), *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=self.left(cap),
+        )
+
+    def start(self) -> None:
+        subprocess.run(
+            ["bash", str(REPO / "scripts" / "make_certs.sh"), str(self.certs), str(NODES)],
+            check=True,
+            capture_output=True,
+            timeout=self.left(60),
+        )
+        home = Path(self.env["FLWR_HOME"])
+        home.mkdir()
+        # The `flwr` CLI's connection to this SuperLink: its address and the CA to trust.
+        (home / "config.toml").write_text(
+            '[superlink]\ndefault = "e2e"\n\n[superlink.e2e]\n'
+            f'address = "127.0.0.1:{self.port}"\n'
+            f'root-certificates = "{self.certs / "ca.crt"}"\n'
+        )
+        c = self.certs
+        self.superlink = self.spawn(
+            [
+                str(BIN / "flower-superlink"),
+                "--ssl-ca-certfile", str(c / "ca.crt"),
+                "--ssl-certfile", str(c / "server.crt"),
+                "--ssl-keyfile", str(c / "server.key"),
+                "--enable-supernode-auth",
+                "--disable-runtime-dependency-installation",  # run in this environment
+                "--host", "127.0.0.1",
+                "--port", str(self.port),
+            ],
+            self.root / "superlink.log",
+        )  # fmt: skip
+        for k in range(NODES):
+            self.node_ids[k] = self.register(k)
+        for k in range(NODES):
+            self.start_node(k)
+        self.wait_for(f"{NODES} SuperNodes online", lambda: self.online() == NODES, 180, 1.0)
+
+    def register(self, k: int) -> str:
+        """`flwr supernode register` node k's public key (retried while the SuperLink starts)."""
+        end = time.monotonic() + self.left(120)
+        while True:
+            assert self.superlink is not None
+            assert self.superlink.poll() is None, self.log("superlink")
+            done = self.flwr(
+                "supernode", "register", str(self.certs / f"supernode-{k}.pub"), "--format", "json"
+            )
+            if done.returncode == 0:
+                return str(json.loads(done.stdout)["node-id"])
+            if time.monotonic() > end:
+                raise TimeoutError(f"could not register SuperNode {k}: {done.stdout}{done.stderr}")
+            time.sleep(1.0)
+
+    def start_node(self, k: int) -> None:
+        self.nodes[k] = self.spawn(
+            [
+                str(BIN / "flower-supernode"),
+                "--superlink", f"127.0.0.1:{self.port}",
+                "--root-certificates", str(self.certs / "ca.crt"),
+                "--auth-supernode-private-key", str(self.certs / f"supernode-{k}"),
+                "--node-config", f"partition-id={k} num-partitions={NODES}",
+                "--port", str(self.node_ports[k]),
+            ],
+            self.root / f"supernode-{k}.log",
+        )  # fmt: skip
+
+    def kill_node(self, k: int) -> None:
+        """SIGKILL SuperNode k and everything it started: a device that dies without a word."""
+        _signal(_descendants(self.nodes[k].pid), signal.SIGKILL)
+        self.nodes[k].wait(timeout=self.left(30))
+
+    def statuses(self) -> dict[str, str]:
+        done = self.flwr("supernode", "list", "--format", "json")
+        if done.returncode != 0:
+            return {}
+        return {n["node-id"]: n["status"] for n in json.loads(done.stdout)["nodes"]}
+
+    def online(self) -> int:
+        for k, proc in self.nodes.items():
+            assert proc.poll() is None, self.log(f"supernode-{k}")
+        return sum(s == "online" for s in self.statuses().values())
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return f"--- {name}.log (end) ---\n{text[-4000:]}"
+
+    def run(self, out: Path, **overrides: Any) -> subprocess.Popen[str]:
+        """Start `flwr run` of this repository's Flower App on the federation; logs streamed."""
+        config = {**BASE_RUN, **overrides, "out": str(out)}
+        pairs = " ".join(f"{k}={_toml_value(v)}" for k, v in config.items())
+        with (self.root / f"{out.name}.flwr.log").open("w") as log:
+            return subprocess.Popen(
+                [str(BIN / "flwr"), "run", str(REPO), "e2e", "--run-config", pairs, "--stream"],
+                cwd=self.root,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+
+    def finish(self, proc: subprocess.Popen[str], out: Path) -> dict[str, Any]:
+        """Wait for a `flwr run` to end and return the run's summary.json."""
+        try:
+            proc.wait(timeout=self.left(RUN_SECONDS))
+        except subprocess.TimeoutExpired:
+            _signal(_descendants(proc.pid), signal.SIGKILL)
+            raise
+        summary = out / "summary.json"
+        assert summary.exists(), (
+            f"`flwr run` ended ({proc.returncode}) without {summary}\n"
+            + self.log(f"{out.name}.flwr")
+            + self.log("superlink")
+        )
+        return dict(json.loads(summary.read_text()))
+
+    def stop(self) -> None:
+        """End every process this federation started, by id: politely, then for sure."""
+        mine = set(_marked(self.marker))
+        for proc in [self.superlink, *self.nodes.values()]:
+            if proc is not None:
+                mine.update(_descendants(proc.pid))
+        _signal(sorted(mine), signal.SIGTERM)
+        end = time.monotonic() + 10
+        while any(_alive(p) for p in mine) and time.monotonic() < end:
+            time.sleep(0.2)
+        _signal([p for p in mine if _alive(p)], signal.SIGKILL)
+        for proc in [self.superlink, *self.nodes.values()]:
+            if proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)  # reap our own children
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    fed = Federation(tmp_path_factory.mktemp("federation"))
+    try:
+        fed.start()
+        yield fed
+    finally:
+        fed.stop()
+        leftover = _marked(fed.marker)
+        assert not leftover, f"processes of the test federation still alive: {leftover}"
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with (out / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _check_run(out: Path, summary: dict[str, Any], method: str) -> list[dict[str, str]]:
+    """What every finished deployment run must show, whatever its method."""
+    for name in ("summary.json", "metrics.csv", "partitions.json", "config.toml", "report.md"):
+        assert (out / name).is_file(), f"{name} missing from {out}"
+    assert summary["method"] == method
+    assert summary["rounds_completed"] == BASE_RUN["rounds"]
+    acc = summary["final_accuracy"]
+    assert math.isfinite(acc) and acc > CHANCE + 0.05, f"final accuracy {acc} is not above chance"
+    rows = _rows(out)
+    assert [int(r["round"]) for r in rows] == [1, 2]
+    assert all(int(r["clients_selected"]) == NODES for r in rows)
+    # each SuperNode loaded its own partition (the handshake maps partition -> node)
+    parts = json.loads((out / "partitions.json").read_text())
+    assert sorted(p["client"] for p in parts) == list(range(NODES))
+    assert all(p["train"] > 0 for p in parts)
+    return rows
+
+
+def test_fedrlprune_and_fedavg_run_on_the_deployment_engine(
+    federation: Federation, tmp_path: Path
+) -> None:
+    # the federation is TLS-only and refuses a SuperNode whose key was never registered
+    rogue = tmp_path / "rogue"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(rogue)],
+        check=True,
+        timeout=30,
+    )
+    refused = subprocess.run(
+        [
+            str(BIN / "flower-supernode"),
+            "--superlink", f"127.0.0.1:{federation.port}",
+            "--root-certificates", str(federation.certs / "ca.crt"),
+            "--auth-supernode-private-key", str(rogue),
+            "--node-config", f"partition-id=0 num-partitions={NODES}",
+            "--port", str(_free_port()),
+            "--max-retries", "0",
+        ],
+        env=federation.env,
+        capture_output=True,
+        text=True,
+        timeout=federation.left(90),
+    )  # fmt: skip
+    assert refused.returncode != 0, "a SuperNode with an unregistered key was let in"
+    assert "Failed to activate SuperNode" in refused.stdout + refused.stderr
+
+    out = tmp_path / "fedrlprune"
+    summary = federation.finish(
+        federation.run(out, method="fedrlprune", rl_episodes=2, prune_start=0.5), out
+    )
+    rows = _check_run(out, summary, "fedrlprune")
+    assert all(int(r["clients_replied"]) == NODES for r in rows)
+    assert summary["rl_episodes_total"] > 0, "no SuperNode ran the pruning agent"
+    assert summary["deployed_param_reduction"] > 1.0, "the deployed models were not pruned"
+    assert not summary["dropped_clients"]
+
+    out = tmp_path / "fedavg"
+    summary = federation.finish(federation.run(out, method="fedavg"), out)
+    rows = _check_run(out, summary, "fedavg")
+    assert all(int(r["clients_replied"]) == NODES for r in rows)
+    assert summary["nonzero_params"] == summary["dense_params"]
+    assert not summary["dropped_clients"]
+
+
+def test_a_supernode_killed_mid_round_is_dropped_and_the_run_completes(
+    federation: Federation, tmp_path: Path
+) -> None:
+    victim = NODES - 1
+    node_log = federation.root / f"supernode-{victim}.log"
+
+    def trains() -> int:
+        return node_log.read_text(errors="replace").count("Receiving: train message")
+
+    before = trains()
+    out = tmp_path / "killed"
+    proc = federation.run(out, method="fedavg")
+    # the victim has its round-1 instructions in hand: now it dies (SIGKILL, no goodbye)
+    federation.wait_for("round 1 to reach the SuperNodes", lambda: trains() > before, RUN_SECONDS)
+    federation.kill_node(victim)
+    killed_at = datetime.now()
+    summary = federation.finish(proc, out)
+
+    rows = _check_run(out, summary, "fedavg")
+    assert [int(r["clients_replied"]) for r in rows] == [NODES - 1] * 2
+    assert [r["clients_dropped"] for r in rows] == [str(victim)] * 2
+    assert summary["failed_clients"] == [victim]
+    for phase in ("1", "2", "deploy"):
+        (entry,) = summary["dropped_clients"][phase]
+        assert entry["client"] == victim and entry["reason"] == "error"
+        assert "Node Unavailable" in entry["detail"]
+    # the SuperLink answers for a node whose heartbeats stopped: about 2 x 30 s after the last
+    first = next(
+        line
+        for line in (out / "run.log").read_text().splitlines()
+        if f"round 1: client {victim} failed" in line
+    )
+    dropped_at = datetime.strptime(first[:23], "%Y-%m-%d %H:%M:%S,%f")
+    assert 0 < (dropped_at - killed_at).total_seconds() < 90
+
+    # the device comes back with the same key and rejoins as the same registered node
+    federation.start_node(victim)
+    federation.wait_for(
+        "the restarted SuperNode to be online",
+        lambda: federation.statuses().get(federation.node_ids[victim]) == "online",
+        180,
+        1.0,
+    )
+
+
+def test_the_flower_app_run_config_takes_every_config_key() -> None:
+    """`flwr run --run-config` only overrides keys the app declares, so declare them all."""
+    import dataclasses
+    import tomllib
+
+    from fedrlprune.config import Config
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    defaults = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config)}
+    assert declared["config"] == {**defaults, "out": ""}
