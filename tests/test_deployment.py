@@ -122,6 +122,8 @@ class Federation:
             "FLWR_HOME": str(root / "flwr-home"),
             MARKER: self.marker,
             "PYTHONUNBUFFERED": "1",
+            # four Python processes share CI's two cores: one torch thread each, no contention
+            "OMP_NUM_THREADS": "1",
         }
         self.superlink: subprocess.Popen[bytes] | None = None
         self.nodes: dict[int, subprocess.Popen[bytes]] = {}
@@ -197,7 +199,8 @@ class Federation:
             self.node_ids[k] = self.register(k)
         for k in range(NODES):
             self.start_node(k)
-        self.wait_for(f"{NODES} SuperNodes online", lambda: self.online() == NODES, 180, 1.0)
+        for k in range(NODES):
+            self.wait_joined(k)
 
     def register(self, k: int) -> str:
         """`flwr supernode register` node k's public key (retried while the SuperLink starts)."""
@@ -214,6 +217,34 @@ class Federation:
             if time.monotonic() > end:
                 raise TimeoutError(f"could not register SuperNode {k}: {done.stdout}{done.stderr}")
             time.sleep(1.0)
+
+    def joined(self, k: int) -> list[str]:
+        """The node ids SuperNode k's log reports, one per time it was let in (cheaper to poll
+        than `flwr supernode list`, a Python process per call)."""
+        path = self.root / f"supernode-{k}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return [
+            line.split("SuperNode ID:")[1].strip()
+            for line in text.splitlines()
+            if "SuperNode ID:" in line
+        ]
+
+    def wait_joined(self, k: int, before: int = 0) -> None:
+        """Wait until SuperNode k is let in (again), then check the SuperLink lists it online
+        under the node id its registered key was given."""
+
+        def check() -> bool:
+            assert self.nodes[k].poll() is None, self.log(f"supernode-{k}")
+            return len(self.joined(k)) > before
+
+        self.wait_for(f"SuperNode {k} to join", check, 180)
+        assert self.joined(k)[-1] == self.node_ids[k]
+        self.wait_for(
+            f"SuperNode {k} online",
+            lambda: self.statuses().get(self.node_ids[k]) == "online",
+            60,
+            1.0,
+        )
 
     def start_node(self, k: int) -> None:
         self.nodes[k] = self.spawn(
@@ -237,11 +268,6 @@ class Federation:
         done = self.flwr("supernode", "list", "--format", "json")
         reply = json.loads(done.stdout) if done.stdout.lstrip().startswith("{") else {}
         return {n["node-id"]: n["status"] for n in reply.get("nodes", [])}
-
-    def online(self) -> int:
-        for k, proc in self.nodes.items():
-            assert proc.poll() is None, self.log(f"supernode-{k}")
-        return sum(s == "online" for s in self.statuses().values())
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"
@@ -411,13 +437,9 @@ def test_a_supernode_killed_mid_round_is_dropped_and_the_run_completes(
     assert 0 < (dropped_at - killed_at).total_seconds() < 90
 
     # the device comes back with the same key and rejoins as the same registered node
+    before = len(federation.joined(victim))
     federation.start_node(victim)
-    federation.wait_for(
-        "the restarted SuperNode to be online",
-        lambda: federation.statuses().get(federation.node_ids[victim]) == "online",
-        180,
-        1.0,
-    )
+    federation.wait_joined(victim, before)
 
 
 def test_the_flower_app_run_config_takes_every_config_key() -> None:
@@ -430,3 +452,27 @@ def test_the_flower_app_run_config_takes_every_config_key() -> None:
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     defaults = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config)}
     assert declared["config"] == {**defaults, "out": ""}
+
+
+class _Grid:
+    """Just enough of a Flower Grid for the wait before the handshake: who is online."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def test_the_server_waits_node_wait_for_supernodes_and_says_what_to_do() -> None:
+    from fedrlprune.config import Config
+    from fedrlprune.errors import FedRLPruneError
+    from fedrlprune.fl.server_app import _handshake
+
+    cfg = Config.from_dict({"clients": 2, "node_wait": 0.5})
+    started = time.monotonic()
+    with pytest.raises(
+        FedRLPruneError, match=r"only 1 of 2 SuperNodes connected within 0\.5 s.*node_wait"
+    ):
+        _handshake(_Grid([7]), cfg)  # type: ignore[arg-type]
+    assert 0.5 <= time.monotonic() - started < 5
