@@ -21,7 +21,7 @@ shift 2
 for tool in openssl ssh-keygen; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "make_certs: '$tool' not found; install it (Debian: apt-get install openssl" \
-         "openssh-client) or run scripts/setup.sh, which does" >&2
+         "openssh-client), or run scripts/setup.sh, which installs them with apt when it can" >&2
     exit 1
   fi
 done

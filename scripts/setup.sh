@@ -31,10 +31,10 @@ if ! command -v openssl >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>
   if apt_install openssl openssh-client; then
     echo "setup: installed openssl and openssh-client"
   else
-    echo "setup: openssl and ssh-keygen are needed for TLS certificates and SuperNode keys" \
-         "(scripts/make_certs.sh, tests/test_deployment.py); install them (Debian: apt-get" \
-         "install openssl openssh-client) and run setup again" >&2
-    exit 1
+    # not fatal: training runs without them; the deployment test then fails saying this
+    echo "setup: could not install openssl and openssh-client with apt; they are needed for" \
+         "TLS certificates and SuperNode keys (scripts/make_certs.sh, tests/test_deployment.py):" \
+         "install them (Debian: apt-get install openssl openssh-client)" >&2
   fi
 fi
 

@@ -144,12 +144,16 @@ class Federation:
                 raise TimeoutError(f"timed out after {cap:.0f} s waiting for {what}")
             time.sleep(every)
 
-    def spawn(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, args: list[str], log: Path, home: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a Flower process in its own session; `home`: its own FLWR_HOME (a device's)."""
+        env = self.env if home is None else {**self.env, "FLWR_HOME": str(home)}
         with log.open("ab") as out:
             return subprocess.Popen(
                 args,
                 cwd=self.root,
-                env=self.env,
+                env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, away from pytest's signals
@@ -166,12 +170,13 @@ class Federation:
         )
 
     def start(self) -> None:
-        subprocess.run(
+        made = subprocess.run(
             ["bash", str(REPO / "scripts" / "make_certs.sh"), str(self.certs), str(NODES)],
-            check=True,
             capture_output=True,
+            text=True,
             timeout=self.left(60),
         )
+        assert made.returncode == 0, f"scripts/make_certs.sh failed: {made.stderr}"
         home = Path(self.env["FLWR_HOME"])
         home.mkdir()
         # The `flwr` CLI's connection to this SuperLink: its address and the CA to trust.
@@ -247,6 +252,7 @@ class Federation:
         )
 
     def start_node(self, k: int) -> None:
+        (self.root / f"device-{k}").mkdir(exist_ok=True)
         self.nodes[k] = self.spawn(
             [
                 str(BIN / "flower-supernode"),
@@ -257,6 +263,7 @@ class Federation:
                 "--port", str(self.node_ports[k]),
             ],
             self.root / f"supernode-{k}.log",
+            self.root / f"device-{k}",  # each device installs the app in its own FLWR_HOME
         )  # fmt: skip
 
     def kill_node(self, k: int) -> None:
