@@ -458,7 +458,7 @@ def test_the_flower_app_run_config_takes_every_config_key() -> None:
 
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     defaults = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config)}
-    assert declared["config"] == {**defaults, "out": ""}
+    assert declared["config"] == {**defaults, "out": "", "resume": False}
 
 
 class _Grid:

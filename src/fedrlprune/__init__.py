@@ -3,15 +3,19 @@
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Config", "run_experiment"]
+__all__ = ["Config", "resume_experiment", "run_experiment"]
 
 
 def __getattr__(name: str) -> Any:
-    """`run_experiment` and `Config` on first use: `fedrlprune keys` need not load Flower."""
+    """The API on first use: `fedrlprune keys` need not load Flower."""
     if name == "run_experiment":
         from fedrlprune.experiments.runner import run_experiment
 
         return run_experiment
+    if name == "resume_experiment":
+        from fedrlprune.experiments.runner import resume_experiment
+
+        return resume_experiment
     if name == "Config":
         from fedrlprune.config import Config
 

@@ -74,13 +74,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"exported: {args.results / 'export'}")
             return 0
         if args.resume is not None:
-            from fedrlprune.experiments.runner import check_resumable, resume_experiment
+            from fedrlprune.experiments.checkpoint import check_resumable
 
             given = None
             if args.config is not None or args.overrides:
                 base = args.config or args.resume / "config.toml"
                 given = Config.load(base, args.overrides)
             check_resumable(args.resume, given)  # before the heavy start of the engine
+            from fedrlprune.experiments.runner import resume_experiment
+
             summary = resume_experiment(args.resume, config=given, live=live)
         else:
             cfg = Config.load(args.config, args.overrides)

@@ -8,6 +8,7 @@ universal Q-network and, without federated RL, each client's own (`policy/univer
 config, the sampling generator's state, each client's seen rounds, the metrics and rates rows
 written so far and the dropped clients. It is written to a temporary file and renamed, so a
 server killed at any moment leaves either the previous checkpoint or the new one, never half.
+`check_resumable` says whether a results folder holds a run that can go on, and if not why.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fedrlprune.config import Config
 from fedrlprune.errors import FedRLPruneError
 from fedrlprune.state import Masks, State
 
@@ -119,6 +122,41 @@ def load_run_state(path: Path) -> RunState:
             "version of fedrlprune or was damaged after it was written. Start the run again "
             f"(fedrlprune run --config {path.parent / 'config.toml'}) in a new folder"
         ) from None
+
+
+def check_resumable(out: Path, config: Config | None = None) -> tuple[Config, RunState]:
+    """The config and checkpoint of a stopped run in `out`; FedRLPruneError naming the problem
+    (not a results folder, finished, no or unreadable checkpoint, another config) and the fix."""
+    if not (out / "config.toml").is_file():
+        raise FedRLPruneError(
+            f"{out} has no config.toml: --resume takes the results folder of a stopped run"
+        )
+    if (out / "summary.json").exists():
+        raise FedRLPruneError(
+            f"{out} holds a finished run (summary.json is written): there is nothing to resume"
+        )
+    cfg = Config.load(out / "config.toml")
+    run = load_run_state(out / CHECKPOINT)
+    for other, what in ((run.config, "its checkpoint"), (config, "the config you gave")):
+        if other is None:
+            continue
+        theirs = other if isinstance(other, dict) else other.to_dict()
+        changed = config_changes(cfg.to_dict(), theirs)
+        if changed:
+            raise FedRLPruneError(
+                f"{out / 'config.toml'} differs from {what}: {changed}. A resumed run keeps the "
+                "config it started with: restore config.toml / drop --config and --set, or "
+                "start a new run"
+            )
+    return cfg, run
+
+
+def config_changes(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> str:
+    """The keys whose values differ, as `key: ours -> theirs`; empty when none does."""
+    keys = sorted(set(ours) | set(theirs))
+    return ", ".join(
+        f"{k}: {ours.get(k)!r} -> {theirs.get(k)!r}" for k in keys if ours.get(k) != theirs.get(k)
+    )
 
 
 def _split(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, dict[str, np.ndarray]]]:

@@ -68,7 +68,18 @@ def write_report(
     lines += _tier_table(summary.get("per_client") or [])
     failed = summary.get("failed_clients") or []
     if failed:
-        lines += [f"Clients that failed at least once: {', '.join(map(str, failed))}.", ""]
+        lines += [
+            f"Clients dropped at least once: {', '.join(map(str, failed))} (when and why: "
+            "`dropped_clients` in `summary.json`).",
+            "",
+        ]
+    kept = summary.get("rounds_without_update") or []
+    if kept:
+        lines += [
+            f"Rounds with fewer accepted replies than `min_clients`, which kept the previous "
+            f"model and policy: {', '.join(map(str, kept))}.",
+            "",
+        ]
     for name in plots:
         lines += [f"![{name}]({name})", ""]
     (out_dir / "report.md").write_text("\n".join(lines))

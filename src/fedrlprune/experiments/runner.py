@@ -16,7 +16,7 @@ from typing import Any
 from fedrlprune.config import Config
 from fedrlprune.data.user import UserData, user_dataset
 from fedrlprune.errors import FedRLPruneError
-from fedrlprune.experiments.checkpoint import CHECKPOINT, RunState, load_run_state
+from fedrlprune.experiments.checkpoint import CHECKPOINT, check_resumable
 from fedrlprune.experiments.results import default_out_dir
 from fedrlprune.fl.client_app import make_client_app
 from fedrlprune.fl.server_app import make_server_app
@@ -97,41 +97,6 @@ def resume_experiment(
             f"the run stopped again before it finished; see {out / 'run.log'}, then resume again"
         )
     return summaries[0]
-
-
-def check_resumable(out: Path, config: Config | None = None) -> tuple[Config, RunState]:
-    """The config and checkpoint of a stopped run in `out`; FedRLPruneError naming the problem
-    (not a results folder, finished, no or unreadable checkpoint, another config) and the fix."""
-    if not (out / "config.toml").is_file():
-        raise FedRLPruneError(
-            f"{out} has no config.toml: --resume takes the results folder of a stopped run"
-        )
-    if (out / "summary.json").exists():
-        raise FedRLPruneError(
-            f"{out} holds a finished run (summary.json is written): there is nothing to resume"
-        )
-    cfg = Config.load(out / "config.toml")
-    run = load_run_state(out / CHECKPOINT)
-    for other, what in ((run.config, "its checkpoint"), (config, "the config you gave")):
-        if other is None:
-            continue
-        theirs = other if isinstance(other, dict) else other.to_dict()
-        changed = config_changes(cfg.to_dict(), theirs)
-        if changed:
-            raise FedRLPruneError(
-                f"{out / 'config.toml'} differs from {what}: {changed}. A resumed run keeps the "
-                "config it started with: restore config.toml / drop --config and --set, or "
-                "start a new run"
-            )
-    return cfg, run
-
-
-def config_changes(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> str:
-    """The keys whose values differ, as `key: ours -> theirs`; empty when none does."""
-    keys = sorted(set(ours) | set(theirs))
-    return ", ".join(
-        f"{k}: {ours.get(k)!r} -> {theirs.get(k)!r}" for k in keys if ours.get(k) != theirs.get(k)
-    )
 
 
 def _as_config(config: Config | Mapping[str, Any] | str | Path | None) -> Config:

@@ -26,7 +26,12 @@ from fedrlprune.data.federated import global_test
 from fedrlprune.data.loaders import ArrayDataset, load_dataset
 from fedrlprune.devices import TIERS, simulated_round, training_flops
 from fedrlprune.errors import FedRLPruneError, PayloadError
-from fedrlprune.experiments.checkpoint import CHECKPOINT, RunState, save_run_state
+from fedrlprune.experiments.checkpoint import (
+    CHECKPOINT,
+    RunState,
+    check_resumable,
+    save_run_state,
+)
 from fedrlprune.experiments.progress import RunProgress
 from fedrlprune.experiments.results import RunRecorder, default_out_dir
 from fedrlprune.fl import protocol
@@ -85,7 +90,6 @@ def serve(
         rng.bit_generator.state = resume.rng_state
         failed, dropped = set(resume.failed), dict(resume.dropped)
         done, before = resume.round, resume.elapsed
-        log.info("resuming %s after round %d of %d", out_dir, done, cfg.rounds)
 
     def checkpoint(rnd: int, finished: bool = False) -> None:
         save_run_state(
@@ -112,6 +116,8 @@ def serve(
     recorder = RunRecorder(
         out_dir, cfg, resume.rows if resume else None, resume.rates if resume else None
     )
+    if resume is not None:  # said once run.log is open
+        log.info("resuming %s after round %d of %d", out_dir, done, cfg.rounds)
     title = f"{cfg.method} {cfg.dataset}/{cfg.model}"
     try:
         with RunProgress(cfg.rounds, title, live) as progress:
@@ -234,7 +240,8 @@ def serve(
                 c: _instructions(cfg, fleet, policies, c, 0, state, global_masks) for c in everyone
             }
             evals, lost = _exchange(grid, nodes, sent, "evaluate", cfg, cfg.rounds, progress)
-            deployed_by, local_acc = {}, {}
+            deployed_by: dict[int, State] = {}
+            local_acc: dict[int, float] = {}
             for cid in everyone:
                 if cid in evals:
                     try:
@@ -597,7 +604,20 @@ app = ServerApp()
 
 @app.main()
 def _flwr_main(grid: Grid, context: Context) -> None:
-    values = dict(context.run_config)
+    cfg, out, resume = flwr_run_config(dict(context.run_config))
+    serve(grid, cfg, out, live=False, resume=resume)
+
+
+def flwr_run_config(values: dict[str, Any]) -> tuple[Config, Path, RunState | None]:
+    """`flwr run`'s run config: the config keys, `out` (the results folder; empty: a fresh one)
+    and `resume` (true: go on with the stopped run in `out`, whose config must be this one)."""
+    values = dict(values)
     out = str(values.pop("out", "") or "")
+    resume = bool(values.pop("resume", False))
     cfg = Config.from_dict(values)
-    serve(grid, cfg, Path(out) if out else default_out_dir(cfg), live=False)
+    if not resume:
+        return cfg, Path(out) if out else default_out_dir(cfg), None
+    if not out:
+        raise FedRLPruneError("resume=true needs out='RESULTS', the folder of the stopped run")
+    cfg, run = check_resumable(Path(out), cfg)
+    return cfg, Path(out), run
