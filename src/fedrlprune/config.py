@@ -182,6 +182,13 @@ class Config:
         "the round keeps the previous ones (at most the clients selected per round)",
         lo=1,
     )
+    node_wait: float = _key(
+        120.0,
+        "seconds the server waits for `clients` SuperNodes to be online, and again for them "
+        "to load their data, before round 1 (deployment: the time devices have to join)",
+        lo=0.0,
+        lo_open=True,
+    )
     seed: int = _key(0, "seed of partitions, sampling, initial weights and training", lo=0)
 
     # ----------------------------------------------------------------------------- building

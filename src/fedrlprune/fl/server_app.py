@@ -48,8 +48,6 @@ from fedrlprune.state import Masks, State
 
 log = logging.getLogger("fedrlprune")
 
-NODE_WAIT_SECONDS = 120.0  # how long to wait for every client's SuperNode to connect
-
 
 def serve(
     grid: Grid,
@@ -483,13 +481,16 @@ def _summary(
 
 
 def _handshake(grid: Grid, cfg: Config) -> tuple[dict[int, int], list[dict[str, Any]]]:
-    """Wait for every SuperNode, learn which client id each holds; return ids and partitions."""
-    deadline = time.monotonic() + NODE_WAIT_SECONDS
+    """Wait up to `node_wait` s for every SuperNode to be online, then up to `node_wait` s more
+    for each to load its data and say which client id it holds; return node ids by client id,
+    and the partitions."""
+    deadline = time.monotonic() + cfg.node_wait
     while len(node_ids := sorted(grid.get_node_ids())) < cfg.clients:
         if time.monotonic() > deadline:
             raise FedRLPruneError(
                 f"only {len(node_ids)} of {cfg.clients} SuperNodes connected within "
-                f"{NODE_WAIT_SECONDS:.0f} s; start one SuperNode per client or lower `clients`"
+                f"{cfg.node_wait:g} s; start one SuperNode per client, lower `clients`, or "
+                "give them longer with `node_wait`"
             )
         time.sleep(0.2)
     content = RecordDict({protocol.CONFIG: protocol.config_record(cfg)})
@@ -499,15 +500,23 @@ def _handshake(grid: Grid, cfg: Config) -> tuple[dict[int, int], list[dict[str, 
     ]
     nodes: dict[int, int] = {}
     stats: list[dict[str, Any]] = []
-    for reply in grid.send_and_receive(msgs, timeout=NODE_WAIT_SECONDS):
+    replies = list(grid.send_and_receive(msgs, timeout=cfg.node_wait))
+    for reply in replies:
         if reply.has_error():
-            raise FedRLPruneError(f"a client could not load its data: {reply.error.reason}")
+            raise FedRLPruneError(
+                f"a SuperNode failed the handshake (loading its data): {reply.error.reason}"
+            )
         metrics = reply.content.metric_records[protocol.METRICS]
         cid = int(cast(int, metrics["client"]))
         if cid in nodes:
             raise FedRLPruneError(f"two SuperNodes claim partition-id={cid}; give each its own")
         nodes[cid] = reply.metadata.src_node_id
         stats.append(dict(metrics))
+    if len(replies) < len(msgs):
+        raise FedRLPruneError(
+            f"{len(msgs) - len(replies)} of {len(msgs)} SuperNodes did not answer the handshake "
+            f"within `node_wait` = {cfg.node_wait:g} s; check their logs, or raise `node_wait`"
+        )
     if len(nodes) < cfg.clients:
         missing = sorted(set(range(cfg.clients)) - set(nodes))
         raise FedRLPruneError(f"no SuperNode holds client(s) {missing}; check their partition-id")
