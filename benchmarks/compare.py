@@ -4,7 +4,7 @@ Every variant shares the base settings (`--set`), so data, seed, clients and dev
 the only difference is the variant's own overrides. Two ablations ship as presets:
 
     .venv/bin/python benchmarks/compare.py --preset aggregation    # sparse rule vs naive FedAvg
-    .venv/bin/python benchmarks/compare.py --preset policy         # federated vs local agents
+    .venv/bin/python benchmarks/compare.py --preset policy         # federated, local, central
 
 Writes a markdown table and JSON to benchmarks/results/<preset>.md / .json.
 """
@@ -38,10 +38,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base": [],
         "variants": {"fedavg": ["method=fedavg"], "fedrlprune": ["method=fedrlprune"]},
     },
-    # The universal policy against one agent per client that never shares what it learned.
+    # The universal policy against one agent per client that never shares what it learned, and
+    # against one agent trained on a single client and used by all (a centralised pruner).
     "policy": {
         "base": ["method=fedrlprune", "heldout_clients=2"],
-        "variants": {"federated": ["rl_federated=true"], "local": ["rl_federated=false"]},
+        "variants": {
+            "federated": ["rl_policy=federated"],
+            "local": ["rl_policy=local"],
+            "central": ["rl_policy=central"],
+        },
     },
 }
 COLUMNS = (

@@ -108,3 +108,9 @@ def test_shipped_configs_are_valid() -> None:
     assert configs, "configs/ should hold example configs"
     for path in configs:
         Config.load(path)
+
+
+def test_the_renamed_rl_federated_key_says_what_to_write() -> None:
+    with pytest.raises(ConfigError, match="rl_policy"):
+        Config.from_dict({"rl_federated": False})
+    assert Config.load(None, ["rl_policy=central"]).rl_policy == "central"

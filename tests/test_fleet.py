@@ -70,3 +70,14 @@ def test_deploy_masks_put_the_clients_mask_on_the_global_model(facts: ModelFacts
     np.testing.assert_array_equal(got["w"], [True, False, False, False])
     np.testing.assert_array_equal(got["v"], [True, False])
     assert fleet.deploy_masks(1, global_masks) == global_masks
+
+
+def test_central_policy_is_trained_by_one_client_only(facts: ModelFacts) -> None:
+    cfg = Config.from_dict({"rl_policy": "central", "clients": 6, "heldout_clients": 2})
+    fleet = Fleet(cfg, facts)
+    assert fleet.trainer not in fleet.heldout
+    assert fleet.trainer == min(set(range(6)) - fleet.heldout)
+    learners = [c for c in range(6) if fleet.rl_extras(c, 1, learn=True)["learn"]]
+    assert learners == [fleet.trainer]
+    local = Fleet(Config.from_dict({"rl_policy": "local", "clients": 6}), facts)
+    assert all(local.rl_extras(c, 1, learn=True)["learn"] for c in range(6))

@@ -26,6 +26,11 @@ METHODS = ("fedrlprune", "fedavg", "magnitude")
 PRUNE_MODES = ("unstructured", "structured")
 AGGREGATIONS = ("vote", "lotteryfl", "hermes", "naive")
 UNKEPT = ("previous", "zero")
+RL_POLICIES = ("federated", "local", "central")
+# Keys that were renamed: an old config gets told what to write instead.
+RENAMED = {
+    "rl_federated": 'rl_policy = "federated" (was true) or "local" (was false)',
+}
 
 
 def _key(
@@ -132,8 +137,11 @@ class Config:
     rl_lr: float = _key(1e-3, "learning rate of the Q-network", lo=0, hi=1, lo_open=True)
     rl_eps_start: float = _key(1.0, "exploration at the first pruning round", lo=0, hi=1)
     rl_eps_end: float = _key(0.05, "exploration at the last pruning round", lo=0, hi=1)
-    rl_federated: bool = _key(
-        True, "average the clients' Q-networks into one policy (false: each keeps its own)"
+    rl_policy: str = _key(
+        "federated",
+        "`federated`: average the clients' Q-networks into one policy; `local`: each client "
+        "keeps its own agent; `central`: one agent trained on one client only, used by all",
+        choices=RL_POLICIES,
     )
     heldout_clients: int = _key(
         0, "clients that never train the policy and use it as it is (zero-shot)", lo=0
@@ -148,6 +156,9 @@ class Config:
         """Build a config from plain values, refusing unknown keys, wrong types and ranges."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
+        renamed = [f"{k!r} is gone: write {RENAMED[k]}" for k in unknown if k in RENAMED]
+        if renamed:
+            raise ConfigError("; ".join(renamed) + ".")
         if unknown:
             raise ConfigError(
                 f"unknown config key(s): {', '.join(unknown)}. "

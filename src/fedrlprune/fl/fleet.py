@@ -87,6 +87,8 @@ class Fleet:
         self.clients = [self._record(cid, tier) for cid, tier in enumerate(tiers)]
         order = np.random.default_rng(cfg.seed + 17).permutation(cfg.clients)
         self.heldout = {int(c) for c in order[: cfg.heldout_clients]}
+        # `rl_policy = "central"`: the one client that trains the agent (the first not held out).
+        self.trainer = min((c for c in range(cfg.clients) if c not in self.heldout), default=0)
 
     def _record(self, cid: int, tier: str) -> ClientRecord:
         limit = budget(TIERS[tier], self.facts.total_flops, self.facts.dense_params)
@@ -140,8 +142,12 @@ class Fleet:
             "rate_scale": scheduled_rate(1.0, step or steps, steps),
             "eps_start": float(eps[max(step, 1) - 1]),
             "eps_end": float(eps[max(step, 1)]),
-            "learn": int(learn and cid not in self.heldout),
+            "learn": int(learn and cid not in self.heldout and self._trains_policy(cid)),
         }
+
+    def _trains_policy(self, cid: int) -> bool:
+        """Whether `cid` trains the agent: everyone, except under `rl_policy = "central"`."""
+        return self.cfg.rl_policy != "central" or cid == self.trainer
 
     def masks_for(self, cid: int, global_masks: Masks) -> Masks:
         """A client's own mask, or the global one for a client that has not pruned yet."""

@@ -62,7 +62,7 @@ def serve(
         model, dataset.input_shape, cfg.skip_list(), cfg.prune_mode == "structured"
     )
     fleet = Fleet(cfg, facts)
-    policies = PolicyStore(new_agent(cfg.seed).get_weights(), cfg.rl_federated)
+    policies = PolicyStore(new_agent(cfg.seed).get_weights(), cfg.rl_policy, fleet.trainer)
     state = get_state(model)
     global_masks: Masks = {}
     dense_upload = protocol.record_bytes(protocol.pack(state, {}))  # one dense model
