@@ -135,7 +135,9 @@ def run_bench(
         for method in names
         for seed in range(seeds or setup.seeds)
     ]
-    todo = sum(1 for s, m, _ in plan if s.name not in missing and m not in unknown)
+    runnable = [(s, m, k) for s, m, k in plan if s.name not in missing and m not in unknown]
+    todo = len(runnable)
+    fresh = any(not (_run_dir(out, *run) / "summary.json").is_file() for run in runnable)
     started = time.perf_counter()
     machine = machine_line()
     rows: list[dict[str, Any]] = []
@@ -145,10 +147,10 @@ def run_bench(
     with shared_display(live) as display:
         task = display.add_task("bench", total=todo, info="") if display is not None else None
         done = 0
-        with ray_session() if todo else nullcontext():
+        with ray_session() if fresh else nullcontext():
             for setup, method, seed in plan:
                 row: dict[str, Any] = {"setup": setup.name, "method": method, "seed": seed}
-                run_dir = out / "runs" / setup.name / method / f"seed-{seed}"
+                run_dir = _run_dir(out, setup, method, seed)
                 if setup.name in missing:
                     row |= {"status": "skipped", "error": missing[setup.name]}
                 elif method in unknown:
@@ -349,6 +351,10 @@ def _data_missing(setup: Setup, extra: Sequence[str]) -> str | None:
     except DataError as err:
         return str(err)
     return None
+
+
+def _run_dir(out: Path, setup: Setup, method: str, seed: int) -> Path:
+    return out / "runs" / setup.name / method / f"seed-{seed}"
 
 
 def _default_out(suite: str) -> Path:
