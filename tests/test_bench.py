@@ -1,6 +1,7 @@
 """`fedrlprune bench`: table and front rules, names and suites, the quick suite end to end."""
 
 import csv
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,27 @@ def test_a_failing_run_is_recorded_and_the_bench_goes_on(
     row = bench_runner._one_run(QUICK.setups[0], "fedavg", 0, (), run_dir, live=False)
     assert row["status"] == "failed" and row["error"] == "RuntimeError: client exploded"
     assert "client exploded" in (run_dir / "error.txt").read_text()
+
+
+def test_runs_go_seed_by_seed_and_stop_at_the_time_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def fake(cfg: object, *, out_dir: Path, live: bool) -> dict:
+        calls.append((cfg.method, cfg.seed))  # type: ignore[attr-defined]
+        Path(out_dir).mkdir(parents=True)
+        return {"final_accuracy": 0.5, "effective_flops": 10}
+
+    monkeypatch.setattr("fedrlprune.experiments.runner.run_experiment", fake)
+    monkeypatch.setattr("fedrlprune.experiments.runner.ray_session", nullcontext)
+    run_bench("quick", methods=["fedavg", "magnitude"], seeds=2, out=tmp_path / "a", live=False)
+    assert calls == [("fedavg", 0), ("magnitude", 0), ("fedavg", 1), ("magnitude", 1)]
+    cut = run_bench("quick", methods=["fedavg"], out=tmp_path / "b", live=False, max_minutes=1e-9)
+    assert [r["status"] for r in cut.rows] == ["not run"]
+    assert "time budget" in (tmp_path / "b" / "table.md").read_text()
+    assert bench_runner._out_of_time(50, [{"run_seconds": 20}], budget=60)
+    assert not bench_runner._out_of_time(30, [{"run_seconds": 20}], budget=60)
 
 
 def test_bad_bench_arguments_are_user_errors(capsys: pytest.CaptureFixture[str]) -> None:

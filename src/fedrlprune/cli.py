@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--seeds", type=int, help="seeds per setup (default: the suite's)")
     bench.add_argument(
+        "--max-minutes",
+        type=float,
+        help="start no run that would end after this; the rest is listed as not run "
+        "(default: the suite's, standard 45; 0 = no limit)",
+    )
+    bench.add_argument(
         "--out", type=Path, help="bench folder (default: results/bench-<suite>-<time>)"
     )
     bench.add_argument(
@@ -132,6 +138,7 @@ def _bench(args: argparse.Namespace, live: bool) -> int:
         out=args.out,
         extra=args.overrides,
         live=live,
+        max_minutes=args.max_minutes,
     )
     counts: dict[str, int] = {}
     for row in result.rows:

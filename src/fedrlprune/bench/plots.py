@@ -52,16 +52,19 @@ def _accuracy_flops(
 ) -> Path:
     fig, axes = plt.subplots(1, len(FRONT_VIEWS), figsize=(11, 4.2), sharey=False)
     for ax, (view, (acc_key, flops_key)) in zip(axes, FRONT_VIEWS.items(), strict=True):
+        plotted = False
         for method, (color, marker) in style.items():
             points = [
                 (as_number(r.get(flops_key)), as_number(r.get(acc_key)))
                 for r in runs
                 if r["method"] == method
             ]
-            xs = [x for x, y in points if x is not None and y is not None]
-            ys = [y for x, y in points if x is not None and y is not None]
+            xs = [x for x, y in points if x is not None and y is not None and x > 0]
+            ys = [y for x, y in points if x is not None and y is not None and x > 0]
             ax.scatter(xs, ys, color=color, marker=marker, label=method, alpha=0.8)
-        ax.set_xscale("log")
+            plotted = plotted or bool(xs)
+        if plotted:  # a log axis needs a positive value
+            ax.set_xscale("log")
         ax.set_xlabel("effective FLOPs per sample (log)")
         ax.set_ylabel("accuracy" if view == "global model" else "clients' mean accuracy")
         ax.set_title(f"{setup}: {view}")

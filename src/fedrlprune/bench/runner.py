@@ -103,6 +103,7 @@ def run_bench(
     extra: Sequence[str] = (),
     live: bool | None = None,
     command: str | None = None,
+    max_minutes: float | None = None,
 ) -> BenchResult:
     """Run a suite and write its outputs under `out`; return the rows of results.csv.
 
@@ -110,11 +111,17 @@ def run_bench(
     seeds:   seeds per setup (default: each setup's own count); seeds are 0 .. seeds-1.
     extra:   `key=value` config overrides applied to every run (after the setup's own).
     command: the command line recorded in the outputs (default: this process's argv).
+    max_minutes: start no run that would likely end after this (default: the suite's; 0 = no
+             limit); the runs left are recorded as "not run".
     """
     suite = get_suite(suite) if isinstance(suite, str) else suite
     names = parse_methods(methods)
     if seeds is not None and seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    max_minutes = suite.max_minutes if max_minutes is None else max_minutes
+    if max_minutes < 0:
+        raise ConfigError(f"--max-minutes must be 0 (no limit) or more, got {max_minutes}")
+    budget = max_minutes * 60 if max_minutes else None
     for setup in suite.setups:  # a bad --set is refused before anything runs
         run_config(setup, names[0], 0, extra)
     out = Path(out) if out is not None else _default_out(suite.name)
@@ -129,11 +136,15 @@ def run_bench(
     for setup_name, why in missing.items():
         log.warning("bench: setup %s skipped: %s", setup_name, why)
 
+    # Seed-major order: every method of every setup at seed 0 before any seed 1, so a bench cut
+    # short by its time budget still compares all methods, on fewer seeds.
+    most = max([seeds or s.seeds for s in suite.setups], default=0)
     plan = [
         (setup, method, seed)
+        for seed in range(most)
         for setup in suite.setups
+        if seed < (seeds or setup.seeds)
         for method in names
-        for seed in range(seeds or setup.seeds)
     ]
     runnable = [(s, m, k) for s, m, k in plan if s.name not in missing and m not in unknown]
     todo = len(runnable)
@@ -155,6 +166,13 @@ def run_bench(
                     row |= {"status": "skipped", "error": missing[setup.name]}
                 elif method in unknown:
                     row |= {"status": "unknown", "error": unknown[method]}
+                elif budget is not None and _out_of_time(
+                    time.perf_counter() - started, [r for r in rows if r.get("run_seconds")], budget
+                ):
+                    row |= {
+                        "status": "not run",
+                        "error": f"time budget of {max_minutes} min reached",
+                    }
                 else:
                     done += 1
                     what = f"{setup.name} {method} seed {seed}"
@@ -351,6 +369,12 @@ def _data_missing(setup: Setup, extra: Sequence[str]) -> str | None:
     except DataError as err:
         return str(err)
     return None
+
+
+def _out_of_time(elapsed: float, finished: Sequence[Mapping[str, Any]], budget: float) -> bool:
+    """Would one more run likely end after the budget? (a run takes the mean of those so far)"""
+    times = [float(r["run_seconds"]) for r in finished]
+    return elapsed + (sum(times) / len(times) if times else 0.0) > budget
 
 
 def _run_dir(out: Path, setup: Setup, method: str, seed: int) -> Path:
