@@ -21,6 +21,7 @@ from fedrlprune.bench.suites import (
     get_suite,
     method_unavailable,
     parse_methods,
+    pick_setups,
     run_config,
 )
 from fedrlprune.bench.table import aggregate, dominators, front_line, markdown_table
@@ -127,6 +128,11 @@ def test_method_names_are_checked_and_listed() -> None:
         parse_methods(["fedavg", "nope"])
     with pytest.raises(ConfigError, match="use one of: quick, standard"):
         get_suite("huge")
+    standard = get_suite("standard")
+    assert [s.name for s in pick_setups(standard, ["digits-mlp"]).setups] == ["digits-mlp"]
+    assert pick_setups(standard, None) is standard
+    with pytest.raises(ConfigError, match="its setups: fmnist-lenet5, fmnist-cnn"):
+        pick_setups(standard, ["fmnist"])
 
 
 def test_every_suite_setup_is_a_valid_config() -> None:

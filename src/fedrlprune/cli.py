@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="methods to run, space or comma separated (default: all of them)",
     )
+    bench.add_argument(
+        "--setups", nargs="+", metavar="NAME", help="the suite's setups to run (default: all)"
+    )
     bench.add_argument("--seeds", type=int, help="seeds per setup (default: the suite's)")
     bench.add_argument(
         "--max-minutes",
@@ -134,6 +137,7 @@ def _bench(args: argparse.Namespace, live: bool) -> int:
     result = run_bench(
         args.suite,
         methods=args.methods,
+        setups=args.setups,
         seeds=args.seeds,
         out=args.out,
         extra=args.overrides,

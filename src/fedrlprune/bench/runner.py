@@ -33,6 +33,7 @@ from fedrlprune.bench.suites import (
     get_suite,
     method_unavailable,
     parse_methods,
+    pick_setups,
     run_config,
 )
 from fedrlprune.bench.table import aggregate, front_line, markdown_table
@@ -98,6 +99,7 @@ def run_bench(
     suite: str | Suite,
     *,
     methods: Iterable[str] | None = None,
+    setups: Iterable[str] | None = None,
     seeds: int | None = None,
     out: str | Path | None = None,
     extra: Sequence[str] = (),
@@ -108,13 +110,14 @@ def run_bench(
     """Run a suite and write its outputs under `out`; return the rows of results.csv.
 
     methods: bench method names (default: all, see `suites.METHODS`).
+    setups:  the suite's setups to run (default: all).
     seeds:   seeds per setup (default: each setup's own count); seeds are 0 .. seeds-1.
     extra:   `key=value` config overrides applied to every run (after the setup's own).
     command: the command line recorded in the outputs (default: this process's argv).
     max_minutes: start no run that would likely end after this (default: the suite's; 0 = no
              limit); the runs left are recorded as "not run".
     """
-    suite = get_suite(suite) if isinstance(suite, str) else suite
+    suite = pick_setups(get_suite(suite) if isinstance(suite, str) else suite, setups)
     names = parse_methods(methods)
     if seeds is not None and seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
@@ -400,4 +403,6 @@ def _mb(value: Any) -> float | None:
 def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
+    if isinstance(value, str):
+        return " ".join(value.split())  # one line per run, whatever the error said
     return f"{value:.6g}" if isinstance(value, float) else value
