@@ -22,11 +22,17 @@ from fedrlprune.data.partition import PARTITIONS
 from fedrlprune.errors import ConfigError
 from fedrlprune.rl.env import REWARDS
 
-METHODS = ("fedrlprune", "fedavg", "magnitude")
+METHODS = ("fedrlprune", "fedavg", "magnitude", "prunefl", "fedmp", "lotteryfl", "feddst")
 PRUNE_MODES = ("unstructured", "structured")
-AGGREGATIONS = ("vote", "lotteryfl", "hermes", "naive")
+AGGREGATIONS = ("auto", "vote", "lotteryfl", "hermes", "naive", "residual")
 UNKEPT = ("previous", "zero")
 RL_POLICIES = ("federated", "local", "central")
+# The aggregation rule each method's paper uses (`aggregation = "auto"`): FedMP recovers what a
+# client pruned from the global model (residual), LotteryFL averages by mask count, the rest
+# take the mask-vote weighted average (DESIGN section 5).
+METHOD_AGGREGATION = {"fedmp": "residual", "lotteryfl": "lotteryfl"}
+# Methods that prune single weights as their papers do; structured pruning is refused for them.
+UNSTRUCTURED_ONLY = ("prunefl", "lotteryfl", "feddst")
 # Keys that were renamed: an old config gets told what to write instead.
 RENAMED = {
     "rl_federated": 'rl_policy = "federated" (was true) or "local" (was false)',
@@ -80,7 +86,10 @@ class Config:
         1.0, "share of each split kept (for quick runs)", lo=0.0, hi=1.0, lo_open=True
     )
     prune_rate: float = _key(
-        0.8, "`magnitude`: final sparsity of every pruned layer", lo=0.0, hi=0.99
+        0.8,
+        "`magnitude`, `lotteryfl`, `feddst`: final sparsity of every pruned layer",
+        lo=0.0,
+        hi=0.99,
     )
     prune_mode: str = _key(
         "unstructured", "prune single weights or whole channels/neurons", choices=PRUNE_MODES
@@ -100,7 +109,10 @@ class Config:
         "head", "layers left dense: `head` (the classifier), a comma list of names, or empty"
     )
     aggregation: str = _key(
-        "vote", "how sparse client models merge (DESIGN section 5)", choices=AGGREGATIONS
+        "auto",
+        "how sparse client models merge (DESIGN section 5); `auto` = the method's own rule "
+        "(residual for fedmp, lotteryfl for lotteryfl, vote otherwise)",
+        choices=AGGREGATIONS,
     )
     unkept: str = _key(
         "previous",
@@ -143,6 +155,12 @@ class Config:
         "keeps its own agent; `central`: one agent trained on one client only, used by all",
         choices=RL_POLICIES,
     )
+    lottery_threshold: float = _key(
+        0.5,
+        "`lotteryfl`: a client prunes further once its validation accuracy reaches this",
+        lo=0,
+        hi=1,
+    )
     heldout_clients: int = _key(
         0, "clients that never train the policy and use it as it is (zero-shot)", lo=0
     )
@@ -165,7 +183,13 @@ class Config:
                 f"Known keys: {', '.join(known)} (see `fedrlprune keys`)."
             )
         checked = {name: _check(known[name], value) for name, value in values.items()}
-        return dataclasses.replace(base or cls(), **checked)
+        cfg = dataclasses.replace(base or cls(), **checked)
+        if cfg.method in UNSTRUCTURED_ONLY and cfg.prune_mode == "structured":
+            raise ConfigError(
+                f"method {cfg.method!r} prunes single weights, as its paper does; set "
+                'prune_mode = "unstructured" (or use method fedmp for structured sub-models)'
+            )
+        return cfg
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -185,6 +209,18 @@ class Config:
         if self.prune_skip.strip() == "head":
             return None
         return [name.strip() for name in self.prune_skip.split(",") if name.strip()]
+
+    def aggregation_rule(self) -> str:
+        """The rule the server merges with: `aggregation`, or the method's own for `auto`."""
+        if self.aggregation != "auto":
+            return self.aggregation
+        return METHOD_AGGREGATION.get(self.method, "vote")
+
+    @property
+    def structured(self) -> bool:
+        """Whether masks remove whole channels: `prune_mode`, or always for FedMP's
+        sub-models."""
+        return self.prune_mode == "structured" or self.method == "fedmp"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,7 +8,7 @@ import numpy as np
 
 from fedrlprune.state import Masks, State
 
-RULES = ("vote", "lotteryfl", "hermes", "naive")
+RULES = ("vote", "lotteryfl", "hermes", "naive", "residual")
 UNKEPT = ("previous", "zero")
 
 
@@ -65,6 +65,10 @@ def aggregate_sparse(
       its own values there; a server holds one model, so we keep the previous global value.
     - ``naive`` (ablation): sum_k n_k m_kj w_kj / sum_k n_k, FedAvg over zero-filled weights,
       which shrinks weights kept by few clients toward zero: what the other rules fix.
+    - ``residual`` (FedMP's residual recovery, Jiang et al. ICDE 2022): a client's pruned
+      entries are recovered from ``previous`` before averaging, sum_k n_k (m_kj w_kj +
+      (1 - m_kj) previous_j) / sum_k n_k; the global model stays dense (its mask keeps all),
+      since each client's sub-model is cut from it afresh every round.
 
     Where no client kept j, ``unkept`` decides for every rule: ``previous`` keeps previous[j],
     ``zero`` gives 0. The global mask keeps j when the share of clients keeping it (a count,
@@ -85,6 +89,8 @@ def aggregate_sparse(
         value, count = _merge(name, states, masks, weights, previous, rule, unkept)
         merged[name] = _cast(value, states[0][name].dtype)
         keep = count / len(states) >= vote_threshold
+        if rule == "residual":
+            keep = np.ones_like(keep)
         if target_sparsity is not None:
             keep = _reprune(merged[name], keep, target_sparsity)
         global_masks[name] = keep
@@ -108,11 +114,14 @@ def _merge(
     for nk, state, mask in zip(weights, states, masks, strict=True):
         kept = mask.get(name, np.ones(shape, dtype=bool))
         coef = 1.0 if rule == "lotteryfl" else float(nk)
-        num += coef * np.where(kept, state[name].astype(np.float64), 0.0)
+        fill = previous[name].astype(np.float64) if rule == "residual" else 0.0
+        num += coef * np.where(kept, state[name].astype(np.float64), fill)
         den += coef * kept
         count += kept
     averaged = count == len(states) if rule == "hermes" else count > 0
-    if rule == "naive":
+    if rule == "residual":
+        averaged = np.ones(shape, dtype=bool)
+    if rule in ("naive", "residual"):
         den = np.full(shape, float(np.sum(np.asarray(weights, dtype=np.float64))))
     prev = previous[name].astype(np.float64)
     fallback = np.where(count > 0, prev, 0.0 if unkept == "zero" else prev)

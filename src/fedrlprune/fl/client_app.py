@@ -2,8 +2,9 @@
 
 Each message carries the whole run config, so a client (simulated or a real SuperNode) needs
 only its partition id (`partition-id` in its node config) to rebuild its own data split. The
-work itself: `prune` (the method's rule: magnitude, or the DQN policy), then `train` with the
-mask enforced; at the end, `deploy` prunes to the final budget and evaluates.
+work itself: `prune` (the method's rule: magnitude, the DQN policy, or a baseline's step from
+`baselines/client.py`), then `train` with the mask enforced (and the baseline's hooks around
+it); at the end, `deploy` prunes to the final budget and evaluates.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from fedrlprune.baselines import client as baselines
 from fedrlprune.config import Config
 from fedrlprune.data.federated import FederatedData, federate, federate_named
 from fedrlprune.data.loaders import ArrayDataset
@@ -25,12 +27,7 @@ from fedrlprune.errors import FedRLPruneError
 from fedrlprune.fl import protocol
 from fedrlprune.fl.training import as_tensors, evaluate, get_state, set_state, train
 from fedrlprune.models import ModelFactory, build_model
-from fedrlprune.pruning.masks import (
-    MaskEnforcer,
-    apply_masks,
-    magnitude_masks,
-    pruning_targets,
-)
+from fedrlprune.pruning.masks import apply_masks, magnitude_masks, pruning_targets
 from fedrlprune.pruning.metrics import total_flops
 from fedrlprune.rl.env import LayerInfo, layer_infos
 from fedrlprune.rl.prune import RLSettings, client_features, policy_layout, rl_prune
@@ -52,6 +49,18 @@ class _Local:
     stats: dict[str, Any]  # sizes and label histogram, for the partition report
     layers: list[LayerInfo] = field(default_factory=list)  # counted on first RL use
     total_flops: int = 0
+    initial: State | None = None  # the run's initial weights (LotteryFL rewinds to them)
+
+    def baseline(self, targets: list[str]) -> baselines.ClientData:
+        return baselines.ClientData(
+            self.model,
+            self.x_train,
+            self.y_train,
+            self.x_val,
+            self.y_val,
+            targets,
+            self.initial,
+        )
 
 
 def make_client_app(
@@ -80,6 +89,10 @@ def make_client_app(
                 ds.input_shape,
                 fed.client_stats(cid),
             )
+            if cfg.method == "lotteryfl":
+                cache[key].initial = baselines.initial_state(
+                    factory, ds.input_shape, ds.num_classes, cfg.seed
+                )
         return cid, cache[key]
 
     @app.query()
@@ -97,6 +110,9 @@ def make_client_app(
         )
         state, masks, metrics, policy = prune(cfg, loc, state, masks, extra, msg, cid)
         set_state(loc.model, state)
+        targets = pruning_targets(loc.model, cfg.skip_list())
+        metrics |= baselines.before_training(cfg, loc.baseline(targets), extra)
+        hook = baselines.training_hook(cfg, loc.model, masks, targets, extra)
         result = train(
             loc.model,
             loc.x_train,
@@ -107,8 +123,14 @@ def make_client_app(
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
             seed=cfg.seed * 1_000_003 + int(extra["round"]) * 10_007 + cid,
-            hook=MaskEnforcer(loc.model, masks) if masks else None,
+            hook=hook,
         )
+        importance = None
+        if cfg.method in baselines.BASELINES:
+            masks, more, importance = baselines.after_training(
+                cfg, loc.baseline(targets), masks, hook, extra
+            )
+            metrics |= more
         metrics |= {
             "partition-id": cid,
             "num-examples": len(loc.y_train),
@@ -122,6 +144,8 @@ def make_client_app(
         }
         if policy is not None:
             content[protocol.POLICY] = protocol.pack(policy, {})
+        if importance is not None:
+            content[protocol.IMPORTANCE] = protocol.pack(importance, {})
         return Message(RecordDict(content), reply_to=msg)
 
     @app.evaluate()
@@ -162,6 +186,9 @@ def prune(
 ) -> tuple[State, Masks, dict[str, Any], dict[str, np.ndarray] | None]:
     """The method's pruning rule for this call: (state, masks, metrics, trained policy)."""
     targets = pruning_targets(loc.model, cfg.skip_list())
+    if cfg.method in baselines.BASELINES:
+        state, masks, metrics = baselines.prune(cfg, loc.baseline(targets), state, masks, extra)
+        return state, masks, metrics, None
     rate = float(extra.get("prune_rate", 0.0))
     if rate > 0.0:
         masks = magnitude_masks(state, dict.fromkeys(targets, rate), cfg.prune_mode, masks)

@@ -22,6 +22,7 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 POLICY = "policy"  # the pruning policy's Q-network, on its own path beside the model
+IMPORTANCE = "importance"  # PruneFL: a client's accumulated squared gradients of pruned layers
 
 # Message types beside Flower's "train" and "evaluate": a handshake that asks each node which
 # partition (client id) it holds, so the server can sample clients reproducibly by client id.

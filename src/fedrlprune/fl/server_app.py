@@ -18,6 +18,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedrlprune.baselines.server import BaselinePlan, make_plan
 from fedrlprune.config import Config
 from fedrlprune.data.federated import global_test
 from fedrlprune.data.loaders import ArrayDataset, load_dataset
@@ -58,11 +59,10 @@ def serve(
     torch.manual_seed(cfg.seed)
     factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
     model = factory(dataset.input_shape, dataset.num_classes)
-    facts = ModelFacts.of(
-        model, dataset.input_shape, cfg.skip_list(), cfg.prune_mode == "structured"
-    )
+    facts = ModelFacts.of(model, dataset.input_shape, cfg.skip_list(), cfg.structured)
     fleet = Fleet(cfg, facts)
     policies = PolicyStore(new_agent(cfg.seed).get_weights(), cfg.rl_policy, fleet.trainer)
+    plan = make_plan(cfg, fleet)  # None for fedrlprune, fedavg and magnitude
     state = get_state(model)
     global_masks: Masks = {}
     dense_upload = protocol.record_bytes(protocol.pack(state, {}))  # one dense model
@@ -73,6 +73,8 @@ def serve(
         with RunProgress(cfg.rounds, title, live) as progress:
             nodes, stats = _handshake(grid, cfg)
             recorder.write_json("partitions.json", stats)
+            if plan is not None:
+                state, global_masks = plan.start(state, {s["client"]: s["train"] for s in stats})
             rng = np.random.default_rng(cfg.seed)
             per_round = max(1, round(cfg.fraction * cfg.clients))
             failed: set[int] = set()
@@ -80,17 +82,22 @@ def serve(
                 t0 = time.perf_counter()
                 chosen = sorted(rng.choice(cfg.clients, size=per_round, replace=False).tolist())
                 progress.round_started(rnd, len(chosen))
+                if plan is not None:
+                    state, global_masks = plan.before_round(rnd, state, global_masks)
+                sent_masks = {c: _masks(fleet, plan, c, rnd, state, global_masks) for c in chosen}
                 sent = {
-                    c: _instructions(cfg, fleet, policies, c, rnd, state, global_masks)
+                    c: _instructions(cfg, fleet, policies, plan, c, rnd, state, sent_masks[c])
                     for c in chosen
                 }
                 replies = _exchange(grid, nodes, sent, "train", cfg, rnd, progress)
                 expected = {
                     c: Expected(
                         state,
-                        fleet.masks_for(c, global_masks),
+                        sent_masks[c],
                         int(stats[c]["train"]),
                         policies.universal if protocol.POLICY in sent[c][0] else None,
+                        plan.importance_layout(rnd) if plan is not None else None,
+                        plan is not None and plan.may_move,
                     )
                     for c in chosen
                 }
@@ -100,25 +107,37 @@ def serve(
                 sim_seconds, sim_joules = 0.0, 0.0
                 for cid, reply in accepted.items():
                     masks, metrics = reply.masks, reply.metrics
-                    fleet.clients[cid].masks = masks or None
+                    if plan is None or plan.keeps_own_masks:
+                        fleet.clients[cid].masks = masks or None
                     fleet.clients[cid].seen_rounds.append(rnd)
                     down = sent[cid][0][protocol.ARRAYS]
                     secs, joules = _simulated(fleet, cid, reply, down)
+                    if plan is not None:
+                        plan.observe(cid, reply, secs)
                     sim_seconds, sim_joules = max(sim_seconds, secs), sim_joules + joules
                     recorder.add_rates(
                         rnd, cid, fleet.clients[cid].tier, cid in fleet.heldout, _rates(metrics)
                     )
                 if accepted:
+                    options = (
+                        plan.aggregation()
+                        if plan is not None
+                        else {
+                            "vote_threshold": cfg.vote_threshold,
+                            "target_sparsity": cfg.server_sparsity or None,
+                        }
+                    )
                     state, global_masks = aggregate_sparse(
                         [r.state for r in accepted.values()],
                         [r.masks for r in accepted.values()],
                         [float(r.metrics["num-examples"]) for r in accepted.values()],
                         state,
-                        rule=cfg.aggregation,
+                        rule=cfg.aggregation_rule(),
                         unkept=cfg.unkept,
-                        vote_threshold=cfg.vote_threshold,
-                        target_sparsity=cfg.server_sparsity or None,
+                        **options,
                     )
+                    if plan is not None:
+                        state, global_masks = plan.after_aggregate(rnd, state, global_masks)
                 else:
                     log.warning("round %d: no usable reply, the global model stays as it was", rnd)
                 deployed = apply_masks(state, global_masks)
@@ -167,8 +186,10 @@ def serve(
             # model to its final budget by the method's rule, evaluates it and sends it back.
             progress.round_started(cfg.rounds, cfg.clients, "deploy and evaluate")
             everyone = list(range(cfg.clients))
+            final = {c: _masks(fleet, plan, c, 0, state, global_masks) for c in everyone}
             sent = {
-                c: _instructions(cfg, fleet, policies, c, 0, state, global_masks) for c in everyone
+                c: _instructions(cfg, fleet, policies, plan, c, 0, state, final[c])
+                for c in everyone
             }
             evals = _exchange(grid, nodes, sent, "evaluate", cfg, cfg.rounds, progress)
             deployed_by = {}
@@ -214,23 +235,40 @@ def serve(
 Payload = tuple[dict[str, ArrayRecord], dict[str, Any]]  # records and per-call values
 
 
-def _instructions(
-    cfg: Config,
+def _masks(
     fleet: Fleet,
-    policies: PolicyStore,
+    plan: BaselinePlan | None,
     cid: int,
     rnd: int,
     state: State,
     global_masks: Masks,
+) -> Masks:
+    """The mask client `cid` is sent in round `rnd` (0: deployment): the baseline's choice, or
+    its own mask (the global one before it has pruned; both together at deployment)."""
+    if plan is not None:
+        return plan.masks_for(cid, rnd, state, global_masks)
+    if rnd == 0:
+        return fleet.deploy_masks(cid, global_masks)
+    return fleet.masks_for(cid, global_masks)
+
+
+def _instructions(
+    cfg: Config,
+    fleet: Fleet,
+    policies: PolicyStore,
+    plan: BaselinePlan | None,
+    cid: int,
+    rnd: int,
+    state: State,
+    masks: Masks,
 ) -> Payload:
-    """What client `cid` gets: the global model under its mask, and the method's orders for this
+    """What client `cid` gets: the global model under `masks`, and the method's orders for this
     round (`rnd` = 0: deployment, prune to the final budget without training the policy)."""
-    masks = (
-        fleet.deploy_masks(cid, global_masks) if rnd == 0 else fleet.masks_for(cid, global_masks)
-    )
     records = {protocol.ARRAYS: protocol.pack(state, masks)}
     extras: dict[str, Any] = {"round": rnd or cfg.rounds}
-    if cfg.method == "magnitude":
+    if plan is not None:
+        extras |= plan.extras(cid, rnd)
+    elif cfg.method == "magnitude":
         final = fleet.clients[cid].final_rate
         extras["prune_rate"] = final if rnd == 0 else fleet.rate_now(cid, rnd)
     elif cfg.method == "fedrlprune" and (rnd == 0 or fleet.step(rnd)):

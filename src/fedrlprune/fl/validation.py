@@ -5,7 +5,9 @@ A reply is refused whole (PayloadError naming the problem) when its arrays do no
 the server's mask for it had pruned, when it is denser than the client may be, when its sample
 count is not the one its partition holds (a client claiming a million samples must not dominate
 the weighted average), when its metrics are not finite numbers, or when its policy does not fit
-the Q-network. Only arrays and scalars are read: nothing from a client is unpickled or run.
+the Q-network. A method whose masks move (FedDST's prune-and-regrow) may revive pruned weights
+but never keep more of a parameter than it was sent. Only arrays and scalars are read: nothing
+from a client is unpickled or run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class Expected:
     sent_masks: Masks  # the mask the client was sent; its reply may prune more, never less
     examples: int  # training samples the client's partition holds (from the handshake)
     policy: State | None = None  # the Q-network's layout, when a policy may come back
+    importance: State | None = None  # PruneFL: layout of the squared gradients asked for
+    may_move: bool = False  # masks may move (prune and regrow) at constant density
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Reply:
     metrics: dict[str, Any]
     policy: State | None
     upload_bytes: int
+    importance: State | None = None  # PruneFL: accumulated squared gradients per weight
 
 
 def check_reply(content: RecordDict, expected: Expected) -> Reply:
@@ -48,14 +53,27 @@ def check_reply(content: RecordDict, expected: Expected) -> Reply:
             raise PayloadError(f"the reply has no {name!r} record")
     record = content.array_records[protocol.ARRAYS]
     state, masks = protocol.unpack(record, expected.reference)
-    _check_monotone(masks, expected.sent_masks)
+    if expected.may_move:
+        _check_not_denser(masks, expected.sent_masks)
+    else:
+        _check_monotone(masks, expected.sent_masks)
     metrics = _check_metrics(dict(content.metric_records[protocol.METRICS]), expected.examples)
     policy = None
     if protocol.POLICY in content:
         if expected.policy is None:
             raise PayloadError("the reply carries a policy, but none was sent")
         policy, _ = protocol.unpack(content.array_records[protocol.POLICY], expected.policy)
-    return Reply(state, masks, metrics, policy, protocol.record_bytes(record))
+    upload = protocol.record_bytes(record)
+    importance = None
+    if protocol.IMPORTANCE in content:
+        if expected.importance is None:
+            raise PayloadError("the reply carries squared gradients, but none were asked for")
+        imp_record = content.array_records[protocol.IMPORTANCE]
+        importance, _ = protocol.unpack(imp_record, expected.importance)
+        if any((v < 0).any() for v in importance.values()):
+            raise PayloadError("squared gradients must not be negative")
+        upload += protocol.record_bytes(imp_record)
+    return Reply(state, masks, metrics, policy, upload, importance)
 
 
 def _check_monotone(masks: Masks, sent: Masks) -> None:
@@ -69,6 +87,15 @@ def _check_monotone(masks: Masks, sent: Masks) -> None:
         revived = int(np.count_nonzero(got & ~mask))
         if revived:
             raise PayloadError(f"{name}: keeps {revived} weights its mask had pruned")
+
+
+def _check_not_denser(masks: Masks, sent: Masks) -> None:
+    """Masks may move, but no parameter may keep more entries than the mask it was sent."""
+    for name, mask in sent.items():
+        got = masks.get(name)
+        kept = int(got.sum()) if got is not None else int(mask.size)  # sent back dense
+        if kept > int(mask.sum()):
+            raise PayloadError(f"{name}: keeps {kept} weights, its mask allowed {int(mask.sum())}")
 
 
 def _check_metrics(metrics: dict[str, Any], examples: int) -> dict[str, Any]:

@@ -1,0 +1,60 @@
+"""LotteryFL: personal lottery tickets found by iterative magnitude pruning with reset.
+
+Paper: A. Li, J. Sun, B. Wang, L. Duan, S. Li, Y. Chen, H. Li, "LotteryFL: Personalized and
+Communication-Efficient Federated Learning with Lottery Ticket Hypothesis on Non-IID Datasets",
+arXiv:2008.03371, 2020.
+
+What it does. Each client keeps its own mask (its lottery ticket). Every round it receives the
+global model under that mask and measures it on its validation split. When the accuracy reaches
+`lottery_threshold` and its sparsity is still below `prune_rate` (`should_prune`), it prunes
+`PRUNE_STEP` of the weights it still keeps by magnitude (`next_rate`, never past `prune_rate`)
+and resets the model to the run's initial weights under the new mask (`reset_to_init`): the
+lottery ticket hypothesis's rewind (Frankle & Carbin 2019). The initial weights are rebuilt on
+the client from the run's seed, the way FedDST's code assumes they travel (as a seed). Then it
+trains its ticket. The server averages each weight over the clients that keep it, unweighted
+(the `lotteryfl` aggregation rule), keeps every weight some client keeps, and each client
+deploys the global model under its own mask.
+
+Where we depart from the paper, and why:
+- The accuracy is measured on the client's validation split (the paper uses its local test
+  data), so that the client's test split stays unseen for the figures we report.
+- One `prune_rate` target for every client and layer; pruning steps of `PRUNE_STEP` (20%, the
+  paper's r_p) of what is left, as in iterative magnitude pruning.
+
+Device budgets: LotteryFL has one target sparsity and no notion of per-client capacity; we do
+not force budgets on it, and `budget_satisfaction` reports how many deployed models fit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedrlprune.pruning.masks import apply_masks
+from fedrlprune.state import Masks, State
+
+PRUNE_STEP = 0.2  # share of the weights still kept that one pruning step removes
+
+
+def should_prune(val_accuracy: float, threshold: float, sparsity: float, target: float) -> bool:
+    """Prune this round when the ticket is good enough and not yet as sparse as the target."""
+    return val_accuracy >= threshold and sparsity < target - 1e-9
+
+
+def next_rate(sparsity: float, target: float, step: float = PRUNE_STEP) -> float:
+    """The sparsity after one step: `step` of what is left goes, never past `target`. Rounded
+    to 12 digits, so 1 - 0.8 is 0.2 and floor(0.2 x 40) prunes 8 weights, not 7."""
+    return min(target, round(1.0 - (1.0 - sparsity) * (1.0 - step), 12))
+
+
+def reset_to_init(initial: State, masks: Masks) -> State:
+    """The run's initial weights under the new mask: every parameter rewound, pruned ones 0."""
+    return apply_masks({k: np.array(v, copy=True) for k, v in initial.items()}, masks)
+
+
+def sparsity_of(masks: Masks, layers: list[str]) -> float:
+    """Pruned share of the pruned layers' weights together (0 with no mask yet)."""
+    held = [masks[f"{layer}.weight"] for layer in layers if f"{layer}.weight" in masks]
+    total = sum(m.size for m in held)
+    if not held or total == 0:
+        return 0.0
+    return 1.0 - sum(int(m.sum()) for m in held) / total

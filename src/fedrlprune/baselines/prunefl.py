@@ -1,0 +1,142 @@
+"""PruneFL: one shared mask, readjusted by gradient importance per unit of round time.
+
+Paper: Y. Jiang, S. Wang, V. Valls, B. J. Ko, W.-H. Lee, K. K. Leung, L. Tassiulas, "Model
+Pruning Enables Efficient Federated Learning on Edge Devices", IEEE TNNLS 2022 (code:
+github.com/jiangyuang/PruneFL, `control/algorithm.py`).
+
+What it does. Every client trains the same sparse model (the server's mask) and, in the round
+before a readjustment, sums the squared gradients of every weight of the pruned layers, pruned
+weights included (their gradient says what regrowing them would buy). The server adds the
+clients' sums and readjusts the mask (`readjust`): in each layer the kept weights of smallest
+magnitude (`DECREASE_SHARE` of them) become candidates for removal beside every pruned weight;
+then, as in the paper, the candidates are taken back in order of importance per second of round
+time, as long as each one raises the ratio (importance kept) / (round time). The importance of a
+weight is its summed squared gradient (the paper's first-order estimate of the risk reduction it
+gives); its time is what it adds to a round on the slowest device tier of the run (training
+FLOPs over the tier's speed plus its 32 bits up and down over the tier's links,
+`seconds_per_weight`), the paper's per-parameter computation and communication coefficients.
+
+Where we depart from the paper, and why:
+- Initial pruning is the first readjustment, done after the dense rounds before `prune_start`
+  with the squared gradients of the clients of the round before. The paper prunes first on one
+  selected client, repeating the readjustment before federated training starts; our runner has
+  no round without federated training, and one dense round gives the same kind of signal.
+- Readjustments happen at the pruning rounds of the schedule (`prune_start`, `prune_until`,
+  `prune_every`), not every fixed number of iterations until convergence as in the paper.
+- Time coefficients come from the device profiles (`devices.py`), not from timing the real
+  hardware; the fixed part of a round (layers that are not pruned) is counted the same way.
+- Regrown weights start from zero, as in the paper; clients do not send importance every round,
+  only in the round before a readjustment (its bytes are counted in the upload).
+
+Device budgets: PruneFL has one model for every client and no notion of per-client capacity; it
+sizes the model for round time, not for the weakest device. We do not force budgets on it, and
+`budget_satisfaction` reports honestly how many deployed models fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from fedrlprune.devices import DeviceProfile, training_flops
+from fedrlprune.state import Masks, State
+
+DECREASE_SHARE = 0.3  # share of a layer's kept weights that may be dropped per readjustment
+BYTES_PER_WEIGHT = 4  # float32 on the wire
+
+
+def seconds_per_weight(
+    layer_flops: Mapping[str, int],
+    weights: Mapping[str, int],
+    profile: DeviceProfile,
+    samples: int,
+) -> dict[str, float]:
+    """Seconds one kept weight of each layer adds to a round on `profile`: its share of the
+    layer's training FLOPs over `samples` samples, plus its bytes up and down."""
+    link = BYTES_PER_WEIGHT * 8 * (1.0 / profile.up_bps + 1.0 / profile.down_bps)
+    return {
+        layer: training_flops(layer_flops[layer] / n, samples) / profile.flops_per_second + link
+        for layer, n in weights.items()
+    }
+
+
+def fixed_seconds(
+    total_flops: int,
+    dense_params: int,
+    layer_flops: Mapping[str, int],
+    weights: Mapping[str, int],
+    profile: DeviceProfile,
+    samples: int,
+) -> float:
+    """Seconds of a round spent on what is never pruned (the head, biases, other layers)."""
+    flops = total_flops - sum(layer_flops[layer] for layer in weights)
+    params = dense_params - sum(weights.values())
+    link = params * BYTES_PER_WEIGHT * 8 * (1.0 / profile.up_bps + 1.0 / profile.down_bps)
+    return max(training_flops(flops, samples) / profile.flops_per_second + link, 1e-12)
+
+
+def readjust(
+    weights: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+    importance: Mapping[str, np.ndarray],
+    seconds: Mapping[str, float],
+    base_seconds: float,
+    base_importance: float = 0.0,
+    decrease: float = DECREASE_SHARE,
+) -> dict[str, np.ndarray]:
+    """PruneFL's mask readjustment over layers (keys: layer names; values: weight arrays).
+
+    In each layer the `decrease` share of kept weights with the smallest |w| and every pruned
+    weight are candidates; the rest stay. Candidates are then added back in decreasing order of
+    importance / seconds while each one raises sum(importance kept) / round seconds, where the
+    round seconds are `base_seconds` plus `seconds[layer]` per kept weight (the greedy of the
+    paper's `architecture_search`). Ties keep the lower flat index first, so it is
+    deterministic. Returns the new masks (True = kept).
+    """
+    numerator = float(base_importance)
+    denominator = float(base_seconds)
+    new: dict[str, np.ndarray] = {}
+    cand_ratio, cand_value, cand_cost, cand_where = [], [], [], []
+    for layer, w in weights.items():
+        kept = np.asarray(masks.get(layer, np.ones(w.shape, bool)), dtype=bool).ravel()
+        imp = np.asarray(importance[layer], dtype=np.float64).ravel()
+        alive = np.flatnonzero(kept)
+        n_drop = int(decrease * alive.size)
+        order = alive[np.argsort(np.abs(w.ravel()[alive]), kind="stable")]
+        stay = np.zeros(kept.size, bool)
+        stay[order[n_drop:]] = True
+        new[layer] = stay
+        numerator += float(imp[stay].sum())
+        denominator += seconds[layer] * int(stay.sum())
+        where = np.flatnonzero(~stay)
+        cand_ratio.append(imp[where] / seconds[layer])
+        cand_value.append(imp[where])
+        cand_cost.append(np.full(where.size, seconds[layer]))
+        cand_where.append([(layer, int(i)) for i in where])
+    ratio = np.concatenate(cand_ratio) if cand_ratio else np.zeros(0)
+    value = np.concatenate(cand_value) if cand_value else np.zeros(0)
+    cost = np.concatenate(cand_cost) if cand_cost else np.zeros(0)
+    where_all = [pos for layer_pos in cand_where for pos in layer_pos]
+    for k in np.argsort(-ratio, kind="stable"):
+        if ratio[k] <= numerator / denominator:
+            break  # sorted: no later candidate raises the ratio either
+        numerator += value[k]
+        denominator += cost[k]
+        layer, index = where_all[k]
+        new[layer][index] = True
+    return {layer: new[layer].reshape(np.shape(w)) for layer, w in weights.items()}
+
+
+def summed_importance(replies: list[State]) -> State:
+    """The server's importance: the clients' squared gradients summed, in client order."""
+    out: State = {}
+    for reply in replies:
+        for name, value in reply.items():
+            out[name] = out.get(name, 0.0) + value.astype(np.float64)
+    return out
+
+
+def as_layer_masks(masks: Masks, layers: list[str]) -> dict[str, np.ndarray]:
+    """`{layer: mask}` from the state-dict keyed masks (`layer.weight`)."""
+    return {layer: masks[f"{layer}.weight"] for layer in layers if f"{layer}.weight" in masks}

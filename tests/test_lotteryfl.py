@@ -1,0 +1,71 @@
+"""LotteryFL: a client prunes past the accuracy threshold and rewinds to the initial weights."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedrlprune.baselines import client, lotteryfl
+from fedrlprune.config import Config
+from fedrlprune.experiments.runner import run_experiment
+from fedrlprune.fl.training import get_state
+
+
+def test_prune_only_when_good_enough_and_not_yet_sparse_enough() -> None:
+    assert lotteryfl.should_prune(0.6, 0.5, 0.2, 0.5)
+    assert not lotteryfl.should_prune(0.4, 0.5, 0.2, 0.5)  # below the threshold
+    assert not lotteryfl.should_prune(0.9, 0.5, 0.5, 0.5)  # at the target already
+
+
+def test_each_step_prunes_a_fifth_of_what_is_left_up_to_the_target() -> None:
+    assert lotteryfl.next_rate(0.0, 0.9) == pytest.approx(0.2)
+    assert lotteryfl.next_rate(0.2, 0.9) == pytest.approx(0.36)  # 1 - 0.8 x 0.8
+    assert lotteryfl.next_rate(0.45, 0.5) == pytest.approx(0.5)  # 1 - 0.55 x 0.8 = 0.56 > 0.5
+
+
+def test_reset_rewinds_every_parameter_under_the_new_mask() -> None:
+    init = {"w": np.array([1.0, 2.0, 3.0]), "b": np.array([4.0])}
+    got = lotteryfl.reset_to_init(init, {"w": np.array([True, False, True])})
+    np.testing.assert_array_equal(got["w"], [1.0, 0.0, 3.0])
+    np.testing.assert_array_equal(got["b"], [4.0])
+    assert init["w"][1] == 2.0  # the initial weights are not touched
+
+
+def _data(threshold_model: nn.Module, initial: dict) -> client.ClientData:
+    x = torch.randn(20, 4)
+    return client.ClientData(threshold_model, x, x.sum(1).gt(0).long(), x, x.sum(1).gt(0).long(),
+                             ["0"], initial)  # fmt: skip
+
+
+def test_client_step_prunes_and_rewinds_past_the_threshold_only() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 10), nn.ReLU(), nn.Linear(10, 2))
+    initial = get_state(model)
+    trained = {k: v + 1.0 for k, v in initial.items()}  # any other weights
+    data = _data(model, initial)
+    cfg = Config.from_dict({"method": "lotteryfl", "lottery_threshold": 0.0, "prune_rate": 0.5})
+    state, masks, metrics = client.prune(cfg, data, trained, {}, {"learn": 1})
+    assert metrics["pruned-now"] == 1
+    assert masks["0.weight"].sum() == 32  # 20% of 40 weights pruned, by |trained weight|
+    np.testing.assert_array_equal(
+        state["0.weight"], np.where(masks["0.weight"], initial["0.weight"], 0)
+    )
+    np.testing.assert_array_equal(state["2.weight"], initial["2.weight"])  # rewound too
+    never = Config.from_dict({"method": "lotteryfl", "lottery_threshold": 1.0})
+    data.y_val = 1 - data.y_val  # make sure accuracy is below 1
+    state, masks, metrics = client.prune(never, data, trained, {}, {"learn": 1})
+    assert metrics["pruned-now"] == 0 and masks == {} and state is trained
+
+
+def test_lotteryfl_end_to_end_prunes_every_round_past_a_zero_threshold(tmp_path: Path) -> None:
+    cfg = {"dataset": "digits", "model": "mlp", "method": "lotteryfl", "clients": 3, "rounds": 3}
+    summary = run_experiment(
+        {**cfg, "lr": 0.05, "lottery_threshold": 0.0}, out_dir=tmp_path / "l", live=False
+    )
+    assert summary["failed_clients"] == []
+    # Three steps of 20%: 1 - 0.8^3 = 0.488 of each pruned layer (fc1 12,800, fc2 40,000).
+    pruned = int(0.488 * 12_800) + int(0.488 * 40_000)
+    for c in summary["per_client"]:
+        assert c["nonzero_params"] == pytest.approx(summary["dense_params"] - pruned, abs=2)
