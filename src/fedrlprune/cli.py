@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-minutes",
         type=float,
         help="start no run that would end after this; the rest is listed as not run "
-        "(default: the suite's, standard 45; 0 = no limit)",
+        "(default: the suite's, standard 42; 0 = no limit)",
     )
     bench.add_argument(
         "--out", type=Path, help="bench folder (default: results/bench-<suite>-<time>)"

@@ -117,6 +117,7 @@ def run_bench(
     max_minutes: start no run that would likely end after this (default: the suite's; 0 = no
              limit); the runs left are recorded as "not run".
     """
+    started = time.perf_counter()
     suite = pick_setups(get_suite(suite) if isinstance(suite, str) else suite, setups)
     names = parse_methods(methods)
     if seeds is not None and seeds < 1:
@@ -152,7 +153,6 @@ def run_bench(
     runnable = [(s, m, k) for s, m, k in plan if s.name not in missing and m not in unknown]
     todo = len(runnable)
     fresh = any(not (_run_dir(out, *run) / "summary.json").is_file() for run in runnable)
-    started = time.perf_counter()
     machine = machine_line()
     rows: list[dict[str, Any]] = []
     from fedrlprune.experiments.progress import shared_display
@@ -290,7 +290,8 @@ def render_section(
         "- accuracy: the global model on the global test set (mean ± sample sd over seeds); "
         "clients: each client's deployed model on its own test split; (global): the global "
         "model; (deployed): the clients' deployed models, mean over clients; bytes and "
-        "seconds over the whole run.",
+        "seconds over the whole run (the bench's first run also waits for the client "
+        "actors to start, later runs reuse them).",
         "",
     ]
     for setup in suite.setups:

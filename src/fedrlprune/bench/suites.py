@@ -86,7 +86,7 @@ QUICK = Suite(
 # Sizes measured on the 2-core CPU this was written on, at load average ~17 (three other
 # people's jobs): one seed of every method costs about 8 min on fmnist-lenet5 (fedavg 45 s,
 # magnitude 42 s, fedrlprune 52 s a run), 13 min on fmnist-cnn (34, 93, 73 s) and 2 min on
-# digits-mlp (12 s), so all three seeds take about 65 min there and the 45-min budget keeps
+# digits-mlp (12 s), so all three seeds take about 65 min there and the 42-min budget keeps
 # two; the runs used a quarter of the machine's CPU time, so an idle machine should take
 # 20-30 min for all three. BENCHMARKS.md records what a run actually took.
 STANDARD = Suite(
@@ -94,10 +94,11 @@ STANDARD = Suite(
     about=(
         "the published comparison, sized to finish in about 35-45 minutes on a 2-core CPU "
         "(MNIST and CIFAR-10 add their own time when their files are present); runs go seed "
-        "by seed and none starts that would end after 45 minutes, so a slower machine gets "
-        "fewer seeds, never a missing method."
+        "by seed and none starts that would likely end after 42 minutes (leaving room for "
+        "starting and writing the outputs inside 45), so a slower machine gets fewer seeds, "
+        "never a missing method."
     ),
-    max_minutes=45.0,
+    max_minutes=42.0,
     setups=(
         Setup(
             name="fmnist-lenet5",
