@@ -262,3 +262,10 @@ def test_quick_suite_resumes_finished_runs(
     first = next(r for r in rows if r["method"] == "fedavg")
     assert again.rows[0]["final_accuracy"] == first["final_accuracy"]
     assert again.rows[0].get("resumed") is True
+
+
+def test_benchmarks_md_states_the_standard_suite_as_the_code_has_it() -> None:
+    page = (Path(__file__).parent.parent / "BENCHMARKS.md").read_text()
+    for setup in get_suite("standard").setups:
+        assert f"| `{setup.name}` | {setup.seeds} | {setup.settings()}; " in page, setup.name
+    assert f"would end after {get_suite('standard').max_minutes:.0f}" in page

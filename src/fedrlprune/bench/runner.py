@@ -302,9 +302,7 @@ def render_section(
         lines += [
             f"#### {setup.name}",
             "",
-            f"{setup.why}; {seeds} seed(s). Settings: "
-            + ", ".join(f"{k}={v}" for k, v in setup.overrides.items())
-            + ".",
+            f"{setup.why}; {seeds} seed(s). Settings: {setup.settings()}.",
             "",
         ]
         if all(r.get("status") == "skipped" for r in setup_rows):

@@ -42,6 +42,10 @@ class Setup:
     def dataset(self) -> str:
         return str(self.overrides["dataset"])
 
+    def settings(self) -> str:
+        """The setup's config keys as one line (the bench's sections and BENCHMARKS.md)."""
+        return ", ".join(f"{k}={v}" for k, v in self.overrides.items())
+
 
 @dataclass(frozen=True)
 class Suite:
@@ -89,6 +93,18 @@ QUICK = Suite(
 # digits-mlp (12 s), so all three seeds take about 65 min there and the 42-min budget keeps
 # two; the runs used a quarter of the machine's CPU time, so an idle machine should take
 # 20-30 min for all three. BENCHMARKS.md records what a run actually took.
+_FMNIST_LENET5: dict[str, Any] = {
+    **_COMMON,
+    "dataset": "fashion-mnist",
+    "model": "lenet5",
+    "clients": 20,
+    "fraction": 0.5,
+    "rounds": 20,
+    "local_epochs": 1,
+    "lr": 0.05,
+    "data_fraction": 0.1,
+    "rl_episodes": 8,
+}
 STANDARD = Suite(
     name="standard",
     about=(
@@ -102,18 +118,7 @@ STANDARD = Suite(
     setups=(
         Setup(
             name="fmnist-lenet5",
-            overrides={
-                **_COMMON,
-                "dataset": "fashion-mnist",
-                "model": "lenet5",
-                "clients": 20,
-                "fraction": 0.5,
-                "rounds": 20,
-                "local_epochs": 1,
-                "lr": 0.05,
-                "data_fraction": 0.1,
-                "rl_episodes": 8,
-            },
+            overrides=_FMNIST_LENET5,
             seeds=3,
             why=(
                 "20 clients, half of them each round, 20 rounds of one epoch on 10% of "
@@ -160,19 +165,9 @@ STANDARD = Suite(
         ),
         Setup(
             name="mnist-lenet5",
-            overrides={
-                **_COMMON,
-                "dataset": "mnist",
-                "model": "lenet5",
-                "clients": 20,
-                "fraction": 0.5,
-                "rounds": 15,
-                "local_epochs": 1,
-                "data_fraction": 0.1,
-                "rl_episodes": 8,
-            },
+            overrides={**_FMNIST_LENET5, "dataset": "mnist"},
             seeds=1,
-            why="runs when MNIST's files are present (as fmnist-lenet5, 1 seed)",
+            why="runs when MNIST's files are present: fmnist-lenet5's settings, 1 seed",
         ),
         Setup(
             name="cifar10-vgg11",
