@@ -158,37 +158,41 @@ def run_bench(
     from fedrlprune.experiments.progress import shared_display
     from fedrlprune.experiments.runner import ray_session
 
-    with shared_display(live) as display:
-        task = display.add_task("bench", total=todo, info="") if display is not None else None
-        done = 0
-        with ray_session() if fresh else nullcontext():
-            for setup, method, seed in plan:
-                row: dict[str, Any] = {"setup": setup.name, "method": method, "seed": seed}
-                run_dir = _run_dir(out, setup, method, seed)
-                if setup.name in missing:
-                    row |= {"status": "skipped", "error": missing[setup.name]}
-                elif method in unknown:
-                    row |= {"status": "unknown", "error": unknown[method]}
-                elif budget is not None and _out_of_time(
-                    time.perf_counter() - started, [r for r in rows if r.get("run_seconds")], budget
-                ):
-                    row |= {
-                        "status": "not run",
-                        "error": f"time budget of {max_minutes} min reached",
-                    }
-                else:
-                    done += 1
-                    what = f"{setup.name} {method} seed {seed}"
-                    if display is not None and task is not None:
-                        display.update(task, completed=done - 1, info=what)
-                    log.info("bench %d/%d: %s", done, todo, what)
-                    row |= _one_run(setup, method, seed, extra, run_dir, live)
-                rows.append(row)
-                write_results_csv(out / "results.csv", rows)
-        if display is not None and task is not None:
-            display.update(task, completed=done, info="writing the table and plots")
-    seconds = time.perf_counter() - started
-    write_outputs(out, suite, rows, command=command, machine=machine, seconds=seconds)
+    try:  # an interrupted bench still writes the table of what it finished
+        with shared_display(live) as display:
+            task = display.add_task("bench", total=todo, info="") if display is not None else None
+            done = 0
+            with ray_session() if fresh else nullcontext():
+                for setup, method, seed in plan:
+                    row: dict[str, Any] = {"setup": setup.name, "method": method, "seed": seed}
+                    run_dir = _run_dir(out, setup, method, seed)
+                    if setup.name in missing:
+                        row |= {"status": "skipped", "error": missing[setup.name]}
+                    elif method in unknown:
+                        row |= {"status": "unknown", "error": unknown[method]}
+                    elif budget is not None and _out_of_time(
+                        time.perf_counter() - started,
+                        [r for r in rows if r.get("run_seconds")],
+                        budget,
+                    ):
+                        row |= {
+                            "status": "not run",
+                            "error": f"time budget of {max_minutes:g} min reached",
+                        }
+                    else:
+                        done += 1
+                        what = f"{setup.name} {method} seed {seed}"
+                        if display is not None and task is not None:
+                            display.update(task, completed=done - 1, info=what)
+                        log.info("bench %d/%d: %s", done, todo, what)
+                        row |= _one_run(setup, method, seed, extra, run_dir, live)
+                    rows.append(row)
+                    write_results_csv(out / "results.csv", rows)
+            if display is not None and task is not None:
+                display.update(task, completed=done, info="writing the table and plots")
+    finally:
+        seconds = time.perf_counter() - started
+        write_outputs(out, suite, rows, command=command, machine=machine, seconds=seconds)
     return BenchResult(out=out, rows=rows, seconds=seconds)
 
 
