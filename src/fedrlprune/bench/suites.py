@@ -58,7 +58,7 @@ class Suite:
 
 # Settings shared by every setup of both suites: the heterogeneity (Dirichlet 0.5 over
 # mixed device tiers) and one local epoch, because on a shared 2-core CPU the suite's time goes
-# to local training and the per-run start of Flower's simulation engine.
+# to local training and evaluation.
 _COMMON: dict[str, Any] = {"partition": "dirichlet", "alpha": 0.5, "device_mix": "mixed"}
 
 QUICK = Suite(
@@ -87,12 +87,10 @@ QUICK = Suite(
     ),
 )
 
-# Sizes measured on the 2-core CPU this was written on, at load average ~17 (three other
-# people's jobs): one seed of every method costs about 8 min on fmnist-lenet5 (fedavg 45 s,
-# magnitude 42 s, fedrlprune 52 s a run), 13 min on fmnist-cnn (34, 93, 73 s) and 2 min on
-# digits-mlp (12 s), so all three seeds take about 65 min there and the 42-min budget keeps
-# two; the runs used a quarter of the machine's CPU time, so an idle machine should take
-# 20-30 min for all three. BENCHMARKS.md records what a run actually took.
+# Sizes from single-seed calibration runs on the 2-core CPU this was written on (per-run times
+# and commands in BENCHMARKS.md): one seed of all ten methods took about 16 min at load average
+# 4-13 and 24 min at load 15-24, so three seeds (48-72 min) do not all fit; the 42-min budget
+# keeps seeds 0 and 1 complete and cuts the CNN's last seed first.
 _FMNIST_LENET5: dict[str, Any] = {
     **_COMMON,
     "dataset": "fashion-mnist",
@@ -115,6 +113,7 @@ STANDARD = Suite(
         "never a missing method."
     ),
     max_minutes=42.0,
+    # Within a seed the cheap setups go first, so a budget cut falls on the CNN's last seed.
     setups=(
         Setup(
             name="fmnist-lenet5",
@@ -125,6 +124,21 @@ STANDARD = Suite(
                 "Fashion-MNIST (about 240 training samples per client, 1,000 test images), "
                 "learning rate 0.05 so the dense model gets near its plateau in 20 rounds"
             ),
+        ),
+        Setup(
+            name="digits-mlp",
+            overrides={
+                **_COMMON,
+                "dataset": "digits",
+                "model": "mlp",
+                "clients": 10,
+                "rounds": 20,
+                "local_epochs": 1,
+                "lr": 0.1,
+                "rl_episodes": 8,
+            },
+            seeds=3,
+            why="scikit-learn's digits (no files needed) as a second public dataset",
         ),
         Setup(
             name="fmnist-cnn",
@@ -147,21 +161,6 @@ STANDARD = Suite(
                 "(300 test images), 10 rounds, the global model evaluated every 2 rounds and 4 "
                 "DQN episodes per pruning round keep a run near a minute"
             ),
-        ),
-        Setup(
-            name="digits-mlp",
-            overrides={
-                **_COMMON,
-                "dataset": "digits",
-                "model": "mlp",
-                "clients": 10,
-                "rounds": 20,
-                "local_epochs": 1,
-                "lr": 0.1,
-                "rl_episodes": 8,
-            },
-            seeds=3,
-            why="scikit-learn's digits (no files needed) as a second public dataset",
         ),
         Setup(
             name="mnist-lenet5",
