@@ -114,3 +114,18 @@ def test_the_renamed_rl_federated_key_says_what_to_write() -> None:
     with pytest.raises(ConfigError, match="rl_policy"):
         Config.from_dict({"rl_federated": False})
     assert Config.load(None, ["rl_policy=central"]).rl_policy == "central"
+
+
+def test_auto_aggregation_is_each_methods_own_rule_and_an_explicit_rule_wins() -> None:
+    def rule(**kw: object) -> str:
+        return Config.from_dict(kw).aggregation_rule()
+
+    assert rule(method="fedrlprune") == "vote" and rule(method="feddst") == "vote"
+    assert rule(method="lotteryfl") == "lotteryfl" and rule(method="fedmp") == "residual"
+    assert rule(method="fedrlprune", aggregation="naive") == "naive"  # the ablation
+    assert Config.from_dict({"method": "fedmp"}).structured  # FedMP cuts whole neurons
+
+
+def test_single_weight_baselines_refuse_structured_pruning_and_say_what_to_set() -> None:
+    with pytest.raises(ConfigError, match='prune_mode = "unstructured"'):
+        Config.from_dict({"method": "feddst", "prune_mode": "structured"})
