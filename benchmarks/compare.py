@@ -6,15 +6,15 @@ the only difference is the variant's own overrides. Two ablations ship as preset
     .venv/bin/python benchmarks/compare.py --preset aggregation    # sparse rule vs naive FedAvg
     .venv/bin/python benchmarks/compare.py --preset policy         # federated, local, central
 
-Writes a markdown table and JSON to benchmarks/results/<preset>.md / .json.
+Writes a markdown table and JSON to benchmarks/results/<preset>.md / .json. Methods side by
+side over seeds and suites are `fedrlprune bench` (src/fedrlprune/bench/); this script shares
+its Ray session (one Ray instance and its client actors for all variants) and machine line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedrlprune.bench.runner import machine_line
 from fedrlprune.config import Config
-from fedrlprune.experiments.runner import run_experiment
+from fedrlprune.experiments.runner import ray_session, run_experiment
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Clients prune to their own device budgets, so their masks differ: with one rate for
@@ -74,19 +75,20 @@ def main() -> None:
     out = args.out or Path("benchmarks/results") / f"{args.preset}.md"
 
     rows = []
-    for name, changes in preset["variants"].items():
-        cfg = Config.load(preset.get("config"), [*preset["base"], *args.overrides, *changes])
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = run_experiment(cfg, out_dir=Path(tmp) / name, live=False)
-        rows.append({"variant": name, **{c: summary.get(c) for c in COLUMNS}})
-        print(json.dumps(rows[-1]), flush=True)
+    machine = machine_line()
+    with ray_session():
+        for name, changes in preset["variants"].items():
+            cfg = Config.load(preset.get("config"), [*preset["base"], *args.overrides, *changes])
+            with tempfile.TemporaryDirectory() as tmp:
+                summary = run_experiment(cfg, out_dir=Path(tmp) / name, live=False)
+            rows.append({"variant": name, **{c: summary.get(c) for c in COLUMNS}})
+            print(json.dumps(rows[-1]), flush=True)
 
     lines = [
         f"# Ablation: {args.preset}",
         "",
         f"Command: `.venv/bin/python benchmarks/compare.py {shlex.join(sys.argv[1:])}`",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; "
-        f"date {time.strftime('%Y-%m-%d')}.",
+        f"Machine: {machine}; date {time.strftime('%Y-%m-%d')}.",
         f"Base settings: {preset.get('config') or 'defaults'}, "
         f"{', '.join(preset['base'] + args.overrides) or 'nothing more'}; variants: "
         + "; ".join(f"{n}: {', '.join(c)}" for n, c in preset["variants"].items())

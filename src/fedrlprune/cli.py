@@ -45,6 +45,49 @@ def _parser() -> argparse.ArgumentParser:
         "--no-live", action="store_true", help="plain log lines instead of a live display"
     )
 
+    bench = sub.add_parser(
+        "bench",
+        help="run methods side by side on a suite: results.csv, table.md, plots, section.md",
+    )
+    bench.add_argument("--suite", default="quick", help="quick or standard (default: quick)")
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="NAME",
+        help="methods to run, space or comma separated (default: all of them)",
+    )
+    bench.add_argument(
+        "--setups", nargs="+", metavar="NAME", help="the suite's setups to run (default: all)"
+    )
+    bench.add_argument("--seeds", type=int, help="seeds per setup (default: the suite's)")
+    bench.add_argument(
+        "--max-minutes",
+        type=float,
+        help="start no run that would end after this; the rest is listed as not run "
+        "(default: the suite's, standard 42; 0 = no limit)",
+    )
+    bench.add_argument(
+        "--out", type=Path, help="bench folder (default: results/bench-<suite>-<time>)"
+    )
+    bench.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run (method and seed are the bench's)",
+    )
+    bench.add_argument(
+        "--benchmarks",
+        type=Path,
+        metavar="FILE",
+        help="also put the section into this markdown file (e.g. BENCHMARKS.md), "
+        "replacing the same suite's earlier section",
+    )
+    bench.add_argument(
+        "--no-live", action="store_true", help="plain log lines instead of a live display"
+    )
+
     export = sub.add_parser(
         "export", help="write ONNX models (global and one per device tier) of a finished run"
     )
@@ -79,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print(f"exported: {args.results / 'export'}")
             return 0
+        if args.command == "bench":
+            return _bench(args, live)
         if args.resume is not None:
             from fedrlprune.experiments.checkpoint import check_resumable
 
@@ -109,6 +154,34 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['wall_seconds']:.0f}s"
     )
     print(f"results: {summary['out_dir']}")
+    return 0
+
+
+def _bench(args: argparse.Namespace, live: bool) -> int:
+    from fedrlprune.bench.runner import run_bench, update_benchmarks_md
+
+    result = run_bench(
+        args.suite,
+        methods=args.methods,
+        setups=args.setups,
+        seeds=args.seeds,
+        out=args.out,
+        extra=args.overrides,
+        live=live,
+        max_minutes=args.max_minutes,
+    )
+    counts: dict[str, int] = {}
+    for row in result.rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    print(
+        f"bench {args.suite}: {len(result.rows)} runs planned "
+        f"({', '.join(f'{n} {s}' for s, n in counts.items())}) in {result.seconds / 60:.1f} min"
+    )
+    print((result.out / "table.md").read_text(), end="")
+    if args.benchmarks is not None:
+        update_benchmarks_md(args.benchmarks, (result.out / "section.md").read_text())
+        print(f"section written into {args.benchmarks}")
+    print(f"results: {result.out}")
     return 0
 
 

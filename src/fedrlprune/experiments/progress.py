@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
 from rich.console import Console
@@ -20,6 +22,39 @@ from rich.progress import (
 log = logging.getLogger("fedrlprune")
 CONSOLE = Console(stderr=True)  # shared by the live display and the CLI's log handler
 
+# A display that outlives single runs (the bench's), which a run's progress joins instead of
+# starting its own: rich allows one live display at a time.
+_SHARED: Progress | None = None
+
+
+def _new_progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=CONSOLE,
+    )
+
+
+@contextmanager
+def shared_display(live: bool) -> Iterator[Progress | None]:
+    """One live display for several runs (None when not live); runs inside add their bars."""
+    global _SHARED
+    if not live:
+        yield None
+        return
+    progress = _new_progress()
+    progress.start()
+    _SHARED = progress
+    try:
+        yield progress
+    finally:
+        _SHARED = None
+        progress.stop()
+
 
 class RunProgress:
     """Rounds and the clients of the current round; `live=None` picks by whether stderr is a tty."""
@@ -31,19 +66,16 @@ class RunProgress:
         self._progress: Progress | None = None
         self._round_task: TaskID | None = None
         self._client_task: TaskID | None = None
+        self._own = False  # started the display itself (not a shared one): stops it too
 
     def __enter__(self) -> RunProgress:
-        if self.live:
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=CONSOLE,
-            )
+        if _SHARED is not None:
+            self._progress = _SHARED
+        elif self.live:
+            self._progress = _new_progress()
             self._progress.start()
+            self._own = True
+        if self._progress is not None:
             self._round_task = self._progress.add_task(self.title, total=self.rounds, info="")
             self._client_task = self._progress.add_task("  clients", total=1, info="")
         log.info("%s: %d rounds", self.title, self.rounds)
@@ -55,8 +87,14 @@ class RunProgress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._progress is not None:
+        if self._progress is None:
+            return
+        if self._own:
             self._progress.stop()
+        else:  # the shared display goes on; this run's bars leave it
+            for task in (self._round_task, self._client_task):
+                if task is not None:
+                    self._progress.remove_task(task)
 
     def round_started(self, rnd: int, clients: int, what: str = "train") -> None:
         if self._progress is not None and self._client_task is not None:

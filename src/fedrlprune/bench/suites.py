@@ -1,0 +1,258 @@
+"""What the bench runs: the methods it knows (name -> config overrides) and its suites.
+
+This is the one table that says what a method name means; `fedrlprune bench`, its tests and
+BENCHMARKS.md all read it from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fedrlprune.config import Config
+from fedrlprune.errors import ConfigError
+
+# Bench name -> config overrides. A name whose overrides this version's Config refuses (a method
+# or key another branch adds) is reported as unknown to this version, never silently dropped.
+METHODS: dict[str, dict[str, Any]] = {
+    "fedavg": {"method": "fedavg"},
+    "magnitude": {"method": "magnitude"},
+    "prunefl": {"method": "prunefl"},
+    "fedmp": {"method": "fedmp"},
+    "lotteryfl": {"method": "lotteryfl"},
+    "feddst": {"method": "feddst"},
+    "fedrlprune": {"method": "fedrlprune"},
+    "rl-local": {"method": "fedrlprune", "rl_policy": "local"},
+    "rl-central": {"method": "fedrlprune", "rl_policy": "central"},
+    "fedrlprune-naive": {"method": "fedrlprune", "aggregation": "naive"},
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One dataset-model setting every method runs on, with `seeds` seeds (0 .. seeds-1)."""
+
+    name: str
+    overrides: Mapping[str, Any]
+    seeds: int
+    why: str  # why these sizes: what they keep and what they give up
+
+    @property
+    def dataset(self) -> str:
+        return str(self.overrides["dataset"])
+
+    def settings(self) -> str:
+        """The setup's config keys as one line (the bench's sections and BENCHMARKS.md)."""
+        return ", ".join(f"{k}={v}" for k, v in self.overrides.items())
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    setups: tuple[Setup, ...]
+    about: str
+    methods: tuple[str, ...] = field(default=tuple(METHODS))
+    max_minutes: float = 0.0  # start no run after this (0: no limit); see run_bench
+
+
+# Settings shared by every setup of both suites: the issue's heterogeneity (Dirichlet 0.5 over
+# mixed device tiers) and one local epoch, because on a shared 2-core CPU the suite's time goes
+# to local training and evaluation.
+_COMMON: dict[str, Any] = {"partition": "dirichlet", "alpha": 0.5, "device_mix": "mixed"}
+
+QUICK = Suite(
+    name="quick",
+    about=(
+        "every method at the smallest scale that still runs every code path: digits with the "
+        "MLP, 4 clients, 2 rounds, 1 seed. It checks the bench, not the methods: two rounds "
+        "are far from convergence and the figures say nothing about which method is better."
+    ),
+    setups=(
+        Setup(
+            name="digits-mlp",
+            overrides={
+                **_COMMON,
+                "dataset": "digits",
+                "model": "mlp",
+                "clients": 4,
+                "rounds": 2,
+                "local_epochs": 1,
+                "lr": 0.1,
+                "rl_episodes": 4,
+            },
+            seeds=1,
+            why="4 clients, 2 rounds, 4 DQN episodes per pruning round: minutes for all methods",
+        ),
+    ),
+)
+
+# Sizes from single-seed calibration runs on the 2-core CPU this was written on (per-run times
+# and commands in BENCHMARKS.md): one seed of all ten methods took about 16 min at load average
+# 4-13 and 24 min at load 15-24, so three seeds (48-72 min) do not all fit; the 42-min budget
+# keeps seeds 0 and 1 complete and cuts the CNN's last seed first.
+_FMNIST_LENET5: dict[str, Any] = {
+    **_COMMON,
+    "dataset": "fashion-mnist",
+    "model": "lenet5",
+    "clients": 20,
+    "fraction": 0.5,
+    "rounds": 20,
+    "local_epochs": 1,
+    "lr": 0.05,
+    "data_fraction": 0.1,
+    "rl_episodes": 8,
+}
+STANDARD = Suite(
+    name="standard",
+    about=(
+        "the published comparison, sized to finish in about 35-45 minutes on a 2-core CPU "
+        "(MNIST and CIFAR-10 add their own time when their files are present); runs go seed "
+        "by seed and none starts that would likely end after 42 minutes (leaving room for "
+        "starting and writing the outputs inside 45), so a slower machine gets fewer seeds, "
+        "never a missing method."
+    ),
+    max_minutes=42.0,
+    # Within a seed the cheap setups go first, so a budget cut falls on the CNN's last seed.
+    setups=(
+        Setup(
+            name="fmnist-lenet5",
+            overrides=_FMNIST_LENET5,
+            seeds=3,
+            why=(
+                "20 clients, half of them each round, 20 rounds of one epoch on 10% of "
+                "Fashion-MNIST (about 240 training samples per client, 1,000 test images), "
+                "learning rate 0.05 so the dense model gets near its plateau in 20 rounds"
+            ),
+        ),
+        Setup(
+            name="digits-mlp",
+            overrides={
+                **_COMMON,
+                "dataset": "digits",
+                "model": "mlp",
+                "clients": 10,
+                "rounds": 20,
+                "local_epochs": 1,
+                "lr": 0.1,
+                "rl_episodes": 8,
+            },
+            seeds=3,
+            why="scikit-learn's digits (no files needed) as a second public dataset",
+        ),
+        Setup(
+            name="fmnist-cnn",
+            overrides={
+                **_COMMON,
+                "dataset": "fashion-mnist",
+                "model": "cnn",
+                "clients": 20,
+                "fraction": 0.5,
+                "rounds": 10,
+                "local_epochs": 1,
+                "lr": 0.05,
+                "data_fraction": 0.03,
+                "eval_every": 2,
+                "rl_episodes": 4,
+            },
+            seeds=3,
+            why=(
+                "the FedAvg CNN costs about 30x LeNet-5's FLOPs per sample: 3% of the data "
+                "(300 test images), 10 rounds, the global model evaluated every 2 rounds and 4 "
+                "DQN episodes per pruning round keep a run near a minute"
+            ),
+        ),
+        Setup(
+            name="mnist-lenet5",
+            overrides={**_FMNIST_LENET5, "dataset": "mnist"},
+            seeds=1,
+            why="runs when MNIST's files are present: fmnist-lenet5's settings, 1 seed",
+        ),
+        Setup(
+            name="cifar10-vgg11",
+            overrides={
+                **_COMMON,
+                "dataset": "cifar10",
+                "model": "vgg11",
+                "clients": 20,
+                "fraction": 0.5,
+                "rounds": 6,
+                "local_epochs": 1,
+                "data_fraction": 0.01,
+                "eval_every": 2,
+                "rl_episodes": 2,
+            },
+            seeds=1,
+            why=(
+                "runs when CIFAR-10's files are present; VGG-11 on a CPU: 1% of the data, 6 "
+                "rounds, 1 seed (a smoke comparison, far from convergence)"
+            ),
+        ),
+    ),
+)
+
+SUITES: dict[str, Suite] = {s.name: s for s in (QUICK, STANDARD)}
+
+
+def pick_setups(suite: Suite, names: Iterable[str] | None) -> Suite:
+    """The suite with only the named setups (None: all); a wrong name lists the suite's setups."""
+    wanted = [n.strip() for item in names or () for n in item.split(",") if n.strip()]
+    if not wanted:
+        return suite
+    known = [s.name for s in suite.setups]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ConfigError(
+            f"suite {suite.name!r} has no setup {', '.join(map(repr, unknown))}; "
+            f"its setups: {', '.join(known)}"
+        )
+    return replace(suite, setups=tuple(s for s in suite.setups if s.name in wanted))
+
+
+def get_suite(name: str) -> Suite:
+    """The suite called `name`; a wrong name lists the suites there are."""
+    try:
+        return SUITES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown bench suite {name!r}; use one of: {', '.join(SUITES)}"
+        ) from None
+
+
+def parse_methods(names: Iterable[str] | None) -> tuple[str, ...]:
+    """Method names from the command line (repeatable, comma lists allowed), checked, in order.
+
+    None or empty means every method. A name the bench does not know is refused with the list
+    of names it does know (a name it knows but this version cannot run is reported per run).
+    """
+    wanted = [n.strip() for item in names or () for n in item.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in METHODS]
+    if unknown:
+        raise ConfigError(
+            f"unknown bench method(s) {', '.join(map(repr, unknown))}; "
+            f"use any of: {', '.join(METHODS)}"
+        )
+    return tuple(dict.fromkeys(wanted)) or tuple(METHODS)
+
+
+def run_config(setup: Setup, method: str, seed: int, extra: Sequence[str] = ()) -> Config:
+    """The config of one bench run: the setup, then `--set` extras, then the method, then seed.
+
+    The setup's own keys are checked first, so a broken suite is an error of the suite; only the
+    method's overrides can make a run "unknown to this version" (see `method_unavailable`).
+    """
+    cfg = Config.from_dict(setup.overrides)
+    if extra:  # `--set` values, parsed to their keys' types as `fedrlprune run` parses them
+        parsed = Config.load(None, list(extra))
+        keys = {item.partition("=")[0].strip() for item in extra}
+        cfg = Config.from_dict({k: getattr(parsed, k) for k in keys}, base=cfg)
+    return Config.from_dict({**METHODS[method], "seed": seed}, base=cfg)
+
+
+def method_unavailable(method: str) -> str | None:
+    """Why this version cannot run `method` (its overrides refused by Config), or None."""
+    try:
+        Config.from_dict(METHODS[method])
+    except ConfigError as err:
+        return f"unknown to this version of fedrlprune ({err})"
+    return None
