@@ -28,9 +28,16 @@ from fedrlprune.experiments.runner import ray_session, run_experiment
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Clients prune to their own device budgets, so their masks differ: with one rate for
-    # everyone all masks are equal and the two rules compute the same average.
+    # everyone all masks are equal and the two rules compute the same average. The global mask
+    # keeps what half the clients keep (the union would hide how naive averaging shrinks weights
+    # only some clients kept behind a denser model).
     "aggregation": {
-        "base": ["method=magnitude", "prune_rate=0.8", "respect_budgets=true"],
+        "base": [
+            "method=magnitude",
+            "prune_rate=0.8",
+            "respect_budgets=true",
+            "vote_threshold=0.5",
+        ],
         "variants": {"vote": ["aggregation=vote"], "naive": ["aggregation=naive"]},
     },
     # The method against dense FedAvg on the FedAvg CNN, 20 clients of mixed device tiers.
