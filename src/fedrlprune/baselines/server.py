@@ -9,6 +9,7 @@ the baseline modules, pure and tested alone.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -180,9 +181,7 @@ class FedMPPlan(BaselinePlan):
             return within_budget(limit, cost.effective_flops, cost.nonzero_params)
 
         self.bandits = {
-            rec.cid: fedmp.DiscountedUCB(
-                fedmp.feasible_arms(fedmp.ARMS, lambda r, c=rec.cid: fits(c, r))
-            )
+            rec.cid: fedmp.DiscountedUCB(fedmp.feasible_arms(fedmp.ARMS, partial(fits, rec.cid)))
             for rec in self.fleet.clients
         }
         self.played: dict[int, int] = {}

@@ -354,4 +354,5 @@ def _load_npz(path: Path) -> ArrayDataset:
             f"required: {', '.join(_NPZ_KEYS)}); save it with "
             "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)."
         )
-    return from_arrays(*(arrays[key] for key in _NPZ_KEYS), name="npz")
+    x_train, y_train, x_test, y_test = (arrays[key] for key in _NPZ_KEYS)
+    return from_arrays(x_train, y_train, x_test, y_test, name="npz")

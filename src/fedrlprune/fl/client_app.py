@@ -187,8 +187,8 @@ def prune(
     """The method's pruning rule for this call: (state, masks, metrics, trained policy)."""
     targets = pruning_targets(loc.model, cfg.skip_list())
     if cfg.method in baselines.BASELINES:
-        state, masks, metrics = baselines.prune(cfg, loc.baseline(targets), state, masks, extra)
-        return state, masks, metrics, None
+        state, masks, found = baselines.prune(cfg, loc.baseline(targets), state, masks, extra)
+        return state, masks, found, None
     rate = float(extra.get("prune_rate", 0.0))
     if rate > 0.0:
         masks = magnitude_masks(state, dict.fromkeys(targets, rate), cfg.prune_mode, masks)

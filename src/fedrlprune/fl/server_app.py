@@ -103,7 +103,7 @@ def serve(
                 seen_rounds={c.cid: c.seen_rounds for c in fleet.clients if c.seen_rounds},
                 universal=policies.universal,
                 own_policies=policies.own,
-                rng_state=rng.bit_generator.state,
+                rng_state=dict(rng.bit_generator.state),
                 rows=recorder.rows,
                 rates=recorder.rates,
                 dropped=dropped,
@@ -566,7 +566,7 @@ def _exchange(
                 continue  # not a reply this call waits for
             if reply.has_error():
                 log.warning("round %d: client %d failed: %s", rnd, cid, reply.error.reason)
-                drops[cid] = ("error", reply.error.reason)
+                drops[cid] = ("error", reply.error.reason or "no reason given")
             else:
                 replies[cid] = reply
             progress.client_done(cid, not reply.has_error())
