@@ -16,7 +16,9 @@ SHAPE = (1, 28, 28)
 TARGETS = ["conv1", "conv2", "fc1", "fc2"]
 
 
-def _run(learn: bool, rate_scale: float = 1.0, masks: dict | None = None) -> tuple:
+def _run(
+    learn: bool, rate_scale: float = 1.0, masks: dict | None = None, eps: tuple = (1.0, 0.1)
+) -> tuple:
     torch.manual_seed(0)
     model = build_model("lenet5", SHAPE, 10)
     state = get_state(model)
@@ -40,7 +42,7 @@ def _run(learn: bool, rate_scale: float = 1.0, masks: dict | None = None) -> tup
         y_val=y,
         policy=policy,
         settings=RLSettings(
-            episodes=6, eps_start=1.0, eps_end=0.1, reward="acc_cost", cost_weight=0.3,
+            episodes=6, eps_start=eps[0], eps_end=eps[1], reward="acc_cost", cost_weight=0.3,
             lr=1e-3, learn=learn, seed=1, rate_scale=rate_scale,
         ),
     )  # fmt: skip
@@ -75,3 +77,16 @@ def test_rates_are_scaled_by_the_schedule_and_never_undo_pruning() -> None:
         assert rate <= 0.5 * max(ACTION_RATES) + 1e-9 or rate == pytest.approx(0.1, abs=0.01)
         key = f"{layer}.weight"
         assert not (result.masks[key] & ~current[key]).any()  # pruned stays pruned
+
+
+def test_each_distinct_pruned_model_is_evaluated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedrlprune.rl.prune as prune
+
+    calls = []
+    real = prune.evaluate
+    monkeypatch.setattr(prune, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # no exploration, and no learning before 16 transitions (4 episodes of 4 layers): the
+    # first four episodes pick the same rates, so of the 7 episodes (6 trained, 1 greedy) at
+    # most 4 can differ; without the memo there would be 7 evaluations
+    result = _run(True, eps=(0.0, 0.0))[0]
+    assert result.evaluations == len(calls) <= 4

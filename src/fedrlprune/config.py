@@ -22,7 +22,9 @@ from fedrlprune.data.partition import PARTITIONS
 from fedrlprune.errors import ConfigError
 from fedrlprune.rl.env import REWARDS
 
-METHODS = ("fedrlprune", "fedavg", "magnitude", "prunefl", "fedmp", "lotteryfl", "feddst")
+# The compared methods of DESIGN section 6, each with a server plan in `baselines/`.
+BASELINES = ("prunefl", "fedmp", "lotteryfl", "feddst")
+METHODS = ("fedrlprune", "fedavg", "magnitude", *BASELINES)
 PRUNE_MODES = ("unstructured", "structured")
 AGGREGATIONS = ("auto", "vote", "lotteryfl", "hermes", "naive", "residual")
 UNKEPT = ("previous", "zero")

@@ -19,8 +19,6 @@ from fedrlprune.fl.training import evaluate, get_state, set_state
 from fedrlprune.pruning.masks import MaskEnforcer, apply_masks, layer_sparsity, magnitude_masks
 from fedrlprune.state import Masks, State
 
-BASELINES = ("prunefl", "fedmp", "lotteryfl", "feddst")
-
 
 @dataclass
 class ClientData:

@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from fedrlprune.config import Config
+from fedrlprune.config import BASELINES, METHODS, Config
 from fedrlprune.errors import FedRLPruneError
 from fedrlprune.state import Masks, State
 
-RESUMABLE = ("fedrlprune", "fedavg", "magnitude")  # the baselines' plans are not saved
+# The baselines' server plans (bandits, importance) are not in the checkpoint.
+RESUMABLE = tuple(m for m in METHODS if m not in BASELINES)
 CHECKPOINT = "checkpoint.npz"
 FORMAT = 1  # bump when the layout changes; older checkpoints are refused by name
 

@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedrlprune.baselines import client as baselines
-from fedrlprune.config import Config
+from fedrlprune.config import BASELINES, Config
 from fedrlprune.data.federated import FederatedData, federate, federate_named
 from fedrlprune.data.loaders import ArrayDataset
 from fedrlprune.devices import Budget
@@ -126,7 +126,7 @@ def make_client_app(
             hook=hook,
         )
         importance = None
-        if cfg.method in baselines.BASELINES:
+        if cfg.method in BASELINES:
             masks, more, importance = baselines.after_training(
                 cfg, loc.baseline(targets), masks, hook, extra
             )
@@ -186,7 +186,7 @@ def prune(
 ) -> tuple[State, Masks, dict[str, Any], dict[str, np.ndarray] | None]:
     """The method's pruning rule for this call: (state, masks, metrics, trained policy)."""
     targets = pruning_targets(loc.model, cfg.skip_list())
-    if cfg.method in baselines.BASELINES:
+    if cfg.method in BASELINES:
         state, masks, found = baselines.prune(cfg, loc.baseline(targets), state, masks, extra)
         return state, masks, found, None
     rate = float(extra.get("prune_rate", 0.0))

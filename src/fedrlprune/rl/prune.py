@@ -90,17 +90,15 @@ def rl_prune(
 
     def accuracy(rates: dict[str, float]) -> float:
         key = tuple(rates[name] for name in names)
-        if key not in seen:
-            seen[key] = evaluate_rates(rates)
-        return seen[key]
-
-    def evaluate_rates(rates: dict[str, float]) -> float:
+        if key in seen:
+            return seen[key]
         pruned = ranking.masks(rates)
         with torch.no_grad():
             model.load_state_dict(
                 {k: base[k] * torch.from_numpy(pruned[k]) if k in pruned else base[k] for k in base}
             )
-        return evaluate(model, x_val, y_val)[1] if len(y_val) else 0.0
+        seen[key] = evaluate(model, x_val, y_val)[1] if len(y_val) else 0.0
+        return seen[key]
 
     floor = {
         name: float(1.0 - masks[f"{name}.weight"].mean()) if f"{name}.weight" in masks else 0.0
