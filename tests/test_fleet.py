@@ -105,3 +105,12 @@ def test_central_policy_is_trained_by_one_client_only(facts: ModelFacts) -> None
     assert learners == [fleet.trainer]
     local = Fleet(Config.from_dict({"rl_policy": "local", "clients": 6}), facts)
     assert all(local.rl_extras(c, 1, learn=True)["learn"] for c in range(6))
+
+
+def test_core_is_what_every_client_that_pruned_keeps(facts: ModelFacts) -> None:
+    fleet = Fleet(Config.from_dict({"clients": 3}), facts)
+    assert fleet.core_masks() == {}  # nobody has pruned yet
+    fleet.clients[0].masks = {"w": np.array([True, True, True, False])}
+    fleet.clients[1].masks = {"w": np.array([True, False, True, True])}
+    np.testing.assert_array_equal(fleet.core_masks()["w"], [True, False, True, False])
+    assert fleet.clients[0].masks["w"].tolist() == [True, True, True, False]  # not changed

@@ -181,3 +181,32 @@ def test_local_misuse_is_a_value_error() -> None:
         payload.encode(REF, {"conv.weight": np.ones((3, 3), bool)})
     with pytest.raises(ValueError, match="max_density"):
         payload.decode(_good(), REF, max_density=1.5)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.99])
+def test_masks_alone_round_trip_exactly(sparsity: float) -> None:
+    masks = {"conv.weight": _mask((4, 3, 3, 3), sparsity), "fc.weight": _mask((10, 300), sparsity)}
+    ref = _state({"conv.weight": (4, 3, 3, 3), "fc.weight": (10, 300), "fc.bias": (10,)})
+    encoded = payload.encode_masks(masks)
+    assert not any(key.endswith("@values") for key in encoded)  # no weights travel
+    got = payload.decode_masks(encoded, ref)
+    assert got.keys() == masks.keys()
+    for name, mask in masks.items():
+        np.testing.assert_array_equal(got[name], mask)
+
+
+@pytest.mark.parametrize(
+    ("key", "arr", "words"),
+    [
+        ("nope.weight@bitmask", np.zeros(1, np.uint8), ["nope.weight@bitmask", "does not name"]),
+        ("fc.bias@values", np.zeros(10, np.float32), ["fc.bias@values", "does not name"]),
+        ("fc.bias@bitmask", np.zeros(1, np.uint8), ["fc.bias", "1 bytes", "need 2"]),
+        ("fc.bias@indices", np.array([3, 12], np.uint8), ["fc.bias", "out of range"]),
+    ],
+)
+def test_masks_that_do_not_fit_are_refused(key: str, arr: np.ndarray, words: list[str]) -> None:
+    ref = _state({"fc.bias": (10,)})
+    with pytest.raises(PayloadError) as err:
+        payload.decode_masks({key: arr}, ref)
+    for word in words:
+        assert word in str(err.value)

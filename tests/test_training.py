@@ -48,3 +48,34 @@ def test_state_round_trip_and_empty_evaluation() -> None:
     assert torch.all(model[0].bias == 7.0)
     loss, acc = evaluate(model, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     assert np.isnan(loss) and np.isnan(acc)
+
+
+def test_core_is_trained_as_a_model_of_its_own_and_only_where_it_keeps() -> None:
+    """One plain SGD step with a core: the gradient is the full model's plus the core model's,
+    and the core's part reaches only the weights the core keeps."""
+    x, y = _problem()
+    x, y = x[:8], y[:8]
+    core = {"0.weight": np.zeros((16, 4), bool)}
+    core["0.weight"][:4] = True  # the core keeps the first 4 hidden units' input weights
+    model = _model()
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    train(model, x, y, epochs=1, batch_size=8, lr=0.1, seed=0, core=core)
+
+    reference = _model()
+    loss_fn = nn.CrossEntropyLoss()
+    full = torch.autograd.grad(loss_fn(reference(x), y), list(reference.parameters()))
+    w = reference[0].weight
+    masked = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    masked.load_state_dict(reference.state_dict())
+    with torch.no_grad():
+        masked[0].weight.mul_(torch.from_numpy(core["0.weight"]).float())
+    sub = torch.autograd.grad(loss_fn(masked(x), y), list(masked.parameters()))
+    keep = torch.from_numpy(core["0.weight"]).float()
+    expected_w = w.detach() - 0.1 * (full[0] + sub[0] * keep)
+    torch.testing.assert_close(model[0].weight.detach(), expected_w)
+    torch.testing.assert_close(model[2].bias.detach(), start["2.bias"] - 0.1 * (full[3] + sub[3]))
+    # outside the core, the first layer moved by the full model's gradient alone
+    outside = ~core["0.weight"]
+    torch.testing.assert_close(
+        model[0].weight.detach()[outside], (start["0.weight"] - 0.1 * full[0])[outside]
+    )

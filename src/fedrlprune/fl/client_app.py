@@ -113,6 +113,7 @@ def make_client_app(
         targets = pruning_targets(loc.model, cfg.skip_list())
         metrics |= baselines.before_training(cfg, loc.baseline(targets), extra)
         hook = baselines.training_hook(cfg, loc.model, masks, targets, extra)
+        core = _core(msg.content, state, masks)
         result = train(
             loc.model,
             loc.x_train,
@@ -124,6 +125,7 @@ def make_client_app(
             weight_decay=cfg.weight_decay,
             seed=cfg.seed * 1_000_003 + int(extra["round"]) * 10_007 + cid,
             hook=hook,
+            core=core,
         )
         importance = None
         if cfg.method in BASELINES:
@@ -240,6 +242,17 @@ def prune(
     }
     trained = result.policy if result.episodes else None
     return apply_masks(state, result.masks), result.masks, metrics, trained
+
+
+def _core(content: RecordDict, reference: State, masks: Masks) -> Masks | None:
+    """The core sub-network to train beside the client's own model: the core the server sent,
+    within the client's own mask; None when none came or it is the client's model itself."""
+    if protocol.CORE not in content:
+        return None
+    core = protocol.unpack_masks(content.array_records[protocol.CORE], reference)
+    core = {k: m & masks[k] if k in masks else m for k, m in core.items()}
+    same = core.keys() == masks.keys() and all(np.array_equal(core[k], masks[k]) for k in core)
+    return None if same else core
 
 
 def partition_id(context: Context, cfg: Config) -> int:

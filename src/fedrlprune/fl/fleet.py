@@ -159,6 +159,19 @@ class Fleet:
             return global_masks
         return own
 
+    def core_masks(self) -> Masks:
+        """The weights every client that has pruned keeps (the intersection of their masks):
+        the sub-network all of them can train, and about what the smallest device deploys."""
+        masks = [c.masks for c in self.clients if c.masks is not None]
+        if not masks:
+            return {}
+        out = {key: mask.copy() for key, mask in masks[0].items()}
+        for other in masks[1:]:
+            for key in out:
+                if key in other:
+                    out[key] &= other[key]
+        return out
+
     def deploy_masks(self, cid: int, global_masks: Masks) -> Masks:
         """The global model's mask and the client's own together: what a client deploys is the
         global model (itself sparse under the global mask) under its own mask."""

@@ -23,6 +23,7 @@ CONFIG = "config"
 METRICS = "metrics"
 POLICY = "policy"  # the pruning policy's Q-network, on its own path beside the model
 IMPORTANCE = "importance"  # PruneFL: a client's accumulated squared gradients of pruned layers
+CORE = "core"  # fedrlprune: the mask of the weights every client keeps, trained as a model too
 
 # Message types beside Flower's "train" and "evaluate": a handshake that asks each node which
 # partition (client id) it holds, so the server can sample clients reproducibly by client id.
@@ -60,6 +61,18 @@ def unpack(
         dict(reference),
         max_density=max_density,
     )
+
+
+def pack_masks(masks: Masks) -> ArrayRecord:
+    """Masks without values (bitmask or index list each, whichever is smaller)."""
+    return ArrayRecord(
+        {k: Array(np.ascontiguousarray(a)) for k, a in payload.encode_masks(masks).items()}
+    )
+
+
+def unpack_masks(record: ArrayRecord, reference: Mapping[str, np.ndarray]) -> Masks:
+    """Decode masks and check them against the reference layout; PayloadError if unfit."""
+    return payload.decode_masks({k: a.numpy() for k, a in record.items()}, dict(reference))
 
 
 def record_bytes(record: ArrayRecord) -> int:

@@ -134,8 +134,9 @@ def serve(
                 if plan is not None:
                     state, global_masks = plan.before_round(rnd, state, global_masks)
                 sent_masks = {c: _masks(fleet, plan, c, rnd, state, global_masks) for c in chosen}
+                core = fleet.core_masks() if cfg.method == "fedrlprune" and cfg.train_core else {}
                 sent = {
-                    c: _instructions(cfg, fleet, policies, plan, c, rnd, state, sent_masks[c])
+                    c: _instructions(cfg, fleet, policies, plan, c, rnd, state, sent_masks[c], core)
                     for c in chosen
                 }
                 replies, lost = _exchange(grid, nodes, sent, "train", cfg, rnd, progress)
@@ -158,7 +159,7 @@ def serve(
                 sim_seconds, sim_joules = 0.0, 0.0
                 for cid, reply in accepted.items():
                     down = sent[cid][0][protocol.ARRAYS]
-                    secs, joules = _simulated(fleet, cid, reply, down)
+                    secs, joules = _simulated(fleet, cid, reply, down, core)
                     if plan is not None:
                         plan.observe(cid, reply, secs)
                     sim_seconds, sim_joules = max(sim_seconds, secs), sim_joules + joules
@@ -332,10 +333,14 @@ def _instructions(
     rnd: int,
     state: State,
     masks: Masks,
+    core: Masks | None = None,
 ) -> Payload:
     """What client `cid` gets: the global model under `masks`, and the method's orders for this
-    round (`rnd` = 0: deployment, prune to the final budget without training the policy)."""
+    round (`rnd` = 0: deployment, prune to the final budget without training the policy);
+    `core`, when given, is the sub-network it trains as a model of its own beside its own."""
     records = {protocol.ARRAYS: protocol.pack(state, masks)}
+    if core:
+        records[protocol.CORE] = protocol.pack_masks(core)
     extras: dict[str, Any] = {"round": rnd or cfg.rounds}
     if plan is not None:
         extras |= plan.extras(cid, rnd)
@@ -393,10 +398,15 @@ def _deploy_reply(reply: Message, reference: State) -> tuple[Masks, float]:
     return masks, float(acc)
 
 
-def _simulated(fleet: Fleet, cid: int, reply: Reply, download: ArrayRecord) -> tuple[float, float]:
+def _simulated(
+    fleet: Fleet, cid: int, reply: Reply, download: ArrayRecord, core: Masks
+) -> tuple[float, float]:
     """Device-simulated (seconds, joules) of this client's round on its tier; the reply's state
-    is already zero where its mask prunes, so its cost is the pruned model's."""
+    is already zero where its mask prunes, so its cost is the pruned model's, plus the core's
+    forward and backward pass when the client trained it too."""
     flops = fleet.facts.cost(reply.state).effective_flops
+    if core:
+        flops += fleet.facts.cost(apply_masks(reply.state, core)).effective_flops
     samples = int(reply.metrics["num-examples"]) * int(reply.metrics.get("epochs", 1))
     profile = TIERS[fleet.clients[cid].tier]
     return simulated_round(

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call
 
 
 class StepHook(Protocol):
@@ -41,12 +42,23 @@ def train(
     weight_decay: float = 0.0,
     seed: int = 0,
     hook: StepHook | None = None,
+    core: dict[str, np.ndarray] | None = None,
 ) -> TrainResult:
-    """Run `epochs` of mini-batch SGD on (x, y); the shuffling order comes from `seed`."""
+    """Run `epochs` of mini-batch SGD on (x, y); the shuffling order comes from `seed`.
+
+    `core` (parameter name -> bool mask, 1 = kept): a sub-network of the model that is trained
+    as a model of its own in the same step, its loss added to the full model's (the sandwich
+    rule of slimmable networks, Yu & Huang, ICCV 2019). Its gradient reaches only the weights
+    it keeps, since they enter its forward pass multiplied by the mask.
+    """
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
+    params = dict(model.named_parameters())
+    kept = {
+        name: torch.from_numpy(np.asarray(m, dtype=np.float32)) for name, m in (core or {}).items()
+    }
     model.train()
     n, seen, last_epoch_loss = len(x), 0, float("nan")
     for _ in range(epochs):
@@ -56,7 +68,11 @@ def train(
             idx = order[lo : lo + batch_size]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
+            if kept:
+                sub = {name: params[name] * m for name, m in kept.items()}
+                (loss + loss_fn(functional_call(model, sub, (x[idx],)), y[idx])).backward()
+            else:
+                loss.backward()
             if hook is not None:
                 hook.before_step()
             opt.step()

@@ -68,6 +68,40 @@ def encode(state: State, masks: Masks) -> Encoded:
     return out
 
 
+def encode_masks(masks: Masks) -> Encoded:
+    """Masks alone (no values), each in the smaller of the two forms ``encode`` uses."""
+    out: Encoded = {}
+    for name, mask in masks.items():
+        if SEP in name:
+            raise ValueError(f"parameter names must not contain {SEP!r}: {name!r}")
+        flat = np.asarray(mask, dtype=bool).ravel()
+        idx_dtype = index_dtype(flat.size)
+        if np.count_nonzero(flat) * idx_dtype.itemsize < math.ceil(flat.size / 8):
+            out[name + SEP + INDICES] = np.flatnonzero(flat).astype(idx_dtype)
+        else:
+            out[name + SEP + BITMASK] = np.packbits(flat)
+    return out
+
+
+def decode_masks(encoded: Mapping[str, np.ndarray], reference: State) -> Masks:
+    """Masks sent by ``encode_masks``, each checked against the model's ``reference`` layout;
+    PayloadError names the first one that does not fit."""
+    masks: Masks = {}
+    for key, arr in encoded.items():
+        name, _, part = key.partition(SEP)
+        if name not in reference or part not in (BITMASK, INDICES):
+            raise PayloadError(
+                f"mask {key!r} does not name a parameter of the model as "
+                f"'<param>{SEP}{BITMASK}' or '<param>{SEP}{INDICES}'"
+            )
+        if name in masks:
+            raise PayloadError(f"{name}: mask sent twice")
+        ref = reference[name]
+        read = _bitmask if part == BITMASK else _indices
+        masks[name] = read(name, arr, ref.size).reshape(ref.shape)
+    return masks
+
+
 def decode(
     encoded: Mapping[str, np.ndarray], reference: State, *, max_density: float = 1.0
 ) -> tuple[State, Masks]:
