@@ -158,7 +158,7 @@ def serve(
                     dropped[str(rnd)] = _drop_entries(lost)
                 sim_seconds, sim_joules = 0.0, 0.0
                 for cid, reply in accepted.items():
-                    down = sent[cid][0][protocol.ARRAYS]
+                    down = sum(protocol.record_bytes(r) for r in sent[cid][0].values())
                     secs, joules = _simulated(fleet, cid, reply, down, core)
                     if plan is not None:
                         plan.observe(cid, reply, secs)
@@ -399,18 +399,21 @@ def _deploy_reply(reply: Message, reference: State) -> tuple[Masks, float]:
 
 
 def _simulated(
-    fleet: Fleet, cid: int, reply: Reply, download: ArrayRecord, core: Masks
+    fleet: Fleet, cid: int, reply: Reply, download_bytes: int, core: Masks
 ) -> tuple[float, float]:
-    """Device-simulated (seconds, joules) of this client's round on its tier; the reply's state
-    is already zero where its mask prunes, so its cost is the pruned model's, plus the core's
-    forward and backward pass when the client trained it too."""
-    flops = fleet.facts.cost(reply.state).effective_flops
+    """Device-simulated (seconds, joules) of this client's round on its tier, every record it
+    was sent counted in its download. The reply's state is already zero where its mask prunes,
+    so its compute is the pruned model's, plus the core's forward and backward pass when the
+    client trained it too (a core smaller than its own model)."""
+    own = fleet.facts.cost(reply.state)
+    flops = own.effective_flops
     if core:
-        flops += fleet.facts.cost(apply_masks(reply.state, core)).effective_flops
+        sub = fleet.facts.cost(apply_masks(reply.state, core))
+        flops += sub.effective_flops if sub.nonzero_params < own.nonzero_params else 0.0
     samples = int(reply.metrics["num-examples"]) * int(reply.metrics.get("epochs", 1))
     profile = TIERS[fleet.clients[cid].tier]
     return simulated_round(
-        profile, training_flops(flops, samples), reply.upload_bytes, protocol.record_bytes(download)
+        profile, training_flops(flops, samples), reply.upload_bytes, download_bytes
     )
 
 
