@@ -5,6 +5,11 @@ the only difference is the variant's own overrides. Two ablations ship as preset
 
     .venv/bin/python benchmarks/compare.py --preset aggregation    # sparse rule vs naive FedAvg
     .venv/bin/python benchmarks/compare.py --preset policy         # federated, local, central
+    .venv/bin/python benchmarks/compare.py --preset method         # against dense FedAvg
+
+`--variants` runs some variants only; `--keep DIR` keeps each variant's results folder (report,
+metrics, rates, summary with per-client figures) as DIR/<variant>, less the checkpoint and the
+saved model.
 
 Writes a markdown table and JSON to benchmarks/results/<preset>.md / .json. Methods side by
 side over seeds and suites are `fedrlprune bench` (src/fedrlprune/bench/); this script shares
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -44,7 +50,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "method": {
         "config": "configs/method-cnn.toml",
         "base": [],
-        "variants": {"fedavg": ["method=fedavg"], "fedrlprune": ["method=fedrlprune"]},
+        "variants": {
+            "fedavg": ["method=fedavg"],
+            "fedrlprune": ["method=fedrlprune"],
+            # the ablation of the core: clients train their own sub-network only
+            "fedrlprune-nocore": ["method=fedrlprune", "train_core=false"],
+        },
     },
     # The universal policy against one agent per client that never shares what it learned, and
     # against one agent trained on a single client and used by all (a centralised pruner).
@@ -66,6 +77,9 @@ COLUMNS = (
     "pruned_layers_density",
     "deployed_param_reduction",
     "deployed_flops_reduction",
+    "rl_seconds_total",
+    "train_seconds_total",
+    "sim_seconds_total",
     "upload_bytes_total",
     "upload_vs_dense_last_round",
     "wall_seconds",
@@ -77,17 +91,30 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/<preset>.md")
+    parser.add_argument("--variants", nargs="+", metavar="NAME", help="default: all")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="keep results as DIR/<variant>")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     out = args.out or Path("benchmarks/results") / f"{args.preset}.md"
+    variants = {n: c for n, c in preset["variants"].items() if n in (args.variants or [n])}
+    unknown = sorted(set(args.variants or []) - set(preset["variants"]))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; {args.preset} has {sorted(preset['variants'])}")
 
     rows = []
     machine = machine_line()
     with ray_session():
-        for name, changes in preset["variants"].items():
+        for name, changes in variants.items():
             cfg = Config.load(preset.get("config"), [*preset["base"], *args.overrides, *changes])
             with tempfile.TemporaryDirectory() as tmp:
                 summary = run_experiment(cfg, out_dir=Path(tmp) / name, live=False)
+                if args.keep is not None:
+                    shutil.rmtree(args.keep / name, ignore_errors=True)
+                    shutil.copytree(
+                        Path(tmp) / name,
+                        args.keep / name,
+                        ignore=shutil.ignore_patterns("checkpoint.npz", "*.pt"),
+                    )
             rows.append({"variant": name, **{c: summary.get(c) for c in COLUMNS}})
             print(json.dumps(rows[-1]), flush=True)
 
@@ -98,7 +125,7 @@ def main() -> None:
         f"Machine: {machine}; date {time.strftime('%Y-%m-%d')}.",
         f"Base settings: {preset.get('config') or 'defaults'}, "
         f"{', '.join(preset['base'] + args.overrides) or 'nothing more'}; variants: "
-        + "; ".join(f"{n}: {', '.join(c)}" for n, c in preset["variants"].items())
+        + "; ".join(f"{n}: {', '.join(c)}" for n, c in variants.items())
         + ".",
         "",
         "| variant | " + " | ".join(COLUMNS) + " |",
