@@ -122,9 +122,10 @@ class Config:
         choices=UNKEPT,
     )
     vote_threshold: float = _key(
-        0.0,
-        "share of clients that must keep a weight for the global mask (0: any client, the "
-        "union, so a client with a large budget is not cut down to what small ones keep)",
+        0.1,
+        "share of a round's clients that must keep a weight for the global mask: 0.1 is close "
+        "to the union, so a client with a large budget is not cut down to what small ones keep, "
+        "but drops a weight one client in twenty keeps, trained on that client's data alone",
         lo=0,
         hi=1,
     )
