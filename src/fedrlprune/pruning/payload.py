@@ -59,13 +59,17 @@ def encode(state: State, masks: Masks) -> Encoded:
                 f"{name}: mask must be bool of shape {arr.shape}, got {mask.dtype} {mask.shape}"
             )
         flat = mask.ravel()
-        idx_dtype = index_dtype(flat.size)
-        if np.count_nonzero(flat) * idx_dtype.itemsize < math.ceil(flat.size / 8):
-            out[name + SEP + INDICES] = np.flatnonzero(flat).astype(idx_dtype)
-        else:
-            out[name + SEP + BITMASK] = np.packbits(flat)
+        out |= _where(name, flat)
         out[name + SEP + VALUES] = arr.ravel()[flat]
     return out
+
+
+def _where(name: str, flat: np.ndarray) -> Encoded:
+    """Where a flat mask keeps entries, as a bitmask or an index list, whichever is smaller."""
+    idx_dtype = index_dtype(flat.size)
+    if np.count_nonzero(flat) * idx_dtype.itemsize < math.ceil(flat.size / 8):
+        return {name + SEP + INDICES: np.flatnonzero(flat).astype(idx_dtype)}
+    return {name + SEP + BITMASK: np.packbits(flat)}
 
 
 def encode_masks(masks: Masks) -> Encoded:
@@ -74,12 +78,7 @@ def encode_masks(masks: Masks) -> Encoded:
     for name, mask in masks.items():
         if SEP in name:
             raise ValueError(f"parameter names must not contain {SEP!r}: {name!r}")
-        flat = np.asarray(mask, dtype=bool).ravel()
-        idx_dtype = index_dtype(flat.size)
-        if np.count_nonzero(flat) * idx_dtype.itemsize < math.ceil(flat.size / 8):
-            out[name + SEP + INDICES] = np.flatnonzero(flat).astype(idx_dtype)
-        else:
-            out[name + SEP + BITMASK] = np.packbits(flat)
+        out |= _where(name, np.asarray(mask, dtype=bool).ravel())
     return out
 
 
