@@ -96,10 +96,11 @@ def main() -> None:
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     out = args.out or Path("benchmarks/results") / f"{args.preset}.md"
-    variants = {n: c for n, c in preset["variants"].items() if n in (args.variants or [n])}
-    unknown = sorted(set(args.variants or []) - set(preset["variants"]))
+    wanted = args.variants or list(preset["variants"])
+    unknown = sorted(set(wanted) - set(preset["variants"]))
     if unknown:
         parser.error(f"unknown variants {unknown}; {args.preset} has {sorted(preset['variants'])}")
+    variants = {n: c for n, c in preset["variants"].items() if n in wanted}
 
     rows = []
     machine = machine_line()

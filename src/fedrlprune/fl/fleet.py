@@ -163,14 +163,8 @@ class Fleet:
         """The weights every client that has pruned keeps (the intersection of their masks):
         the sub-network all of them can train, and about what the smallest device deploys."""
         masks = [c.masks for c in self.clients if c.masks is not None]
-        if not masks:
-            return {}
-        out = {key: mask.copy() for key, mask in masks[0].items()}
-        for other in masks[1:]:
-            for key in out:
-                if key in other:
-                    out[key] &= other[key]
-        return out
+        keys = dict.fromkeys(key for m in masks for key in m)  # no mask for a key: keeps it all
+        return {key: np.logical_and.reduce([m[key] for m in masks if key in m]) for key in keys}
 
     def deploy_masks(self, cid: int, global_masks: Masks) -> Masks:
         """The global model's mask and the client's own together: what a client deploys is the

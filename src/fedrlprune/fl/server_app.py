@@ -139,6 +139,10 @@ def serve(
                     c: _instructions(cfg, fleet, policies, plan, c, rnd, state, sent_masks[c], core)
                     for c in chosen
                 }
+                down = {
+                    c: sum(protocol.record_bytes(r) for r in recs.values())
+                    for c, (recs, _) in sent.items()
+                }
                 replies, lost = _exchange(grid, nodes, sent, "train", cfg, rnd, progress)
                 expected = {
                     c: Expected(
@@ -158,8 +162,7 @@ def serve(
                     dropped[str(rnd)] = _drop_entries(lost)
                 sim_seconds, sim_joules = 0.0, 0.0
                 for cid, reply in accepted.items():
-                    down = sum(protocol.record_bytes(r) for r in sent[cid][0].values())
-                    secs, joules = _simulated(fleet, cid, reply, down, core)
+                    secs, joules = _simulated(fleet, cid, reply, down[cid], core)
                     if plan is not None:
                         plan.observe(cid, reply, secs)
                     sim_seconds, sim_joules = max(sim_seconds, secs), sim_joules + joules
@@ -233,9 +236,7 @@ def serve(
                     "upload_bytes": sum(r.upload_bytes for r in accepted.values()),
                     "upload_vs_dense": sum(r.upload_bytes for r in accepted.values())
                     / (dense_upload * max(len(accepted), 1)),
-                    "download_bytes": sum(
-                        protocol.record_bytes(r) for recs, _ in sent.values() for r in recs.values()
-                    ),
+                    "download_bytes": sum(down.values()),
                     "round_seconds": time.perf_counter() - t0,
                     "client_train_seconds_mean": _mean(
                         [float(m["train-seconds"]) for m in metrics_of]
@@ -408,8 +409,11 @@ def _simulated(
     own = fleet.facts.cost(reply.state)
     flops = own.effective_flops
     if core:
+        # the client's rule (client_app._core): it trains the core within its own mask unless
+        # that is its whole model, i.e. unless it keeps as many weights as the model itself
         sub = fleet.facts.cost(apply_masks(reply.state, core))
-        flops += sub.effective_flops if sub.nonzero_params < own.nonzero_params else 0.0
+        if sub.nonzero_params < own.nonzero_params:
+            flops += sub.effective_flops
     samples = int(reply.metrics["num-examples"]) * int(reply.metrics.get("epochs", 1))
     profile = TIERS[fleet.clients[cid].tier]
     return simulated_round(

@@ -74,10 +74,9 @@ def _where(name: str, flat: np.ndarray) -> Encoded:
 
 def encode_masks(masks: Masks) -> Encoded:
     """Masks alone (no values), each in the smaller of the two forms ``encode`` uses."""
+    _check_names(masks)
     out: Encoded = {}
     for name, mask in masks.items():
-        if SEP in name:
-            raise ValueError(f"parameter names must not contain {SEP!r}: {name!r}")
         out |= _where(name, np.asarray(mask, dtype=bool).ravel())
     return out
 
