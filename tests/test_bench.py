@@ -24,7 +24,13 @@ from fedrlprune.bench.suites import (
     pick_setups,
     run_config,
 )
-from fedrlprune.bench.table import aggregate, dominators, front_line, markdown_table
+from fedrlprune.bench.table import (
+    aggregate,
+    dominators,
+    front_line,
+    gaps_over_seeds,
+    markdown_table,
+)
 from fedrlprune.cli import main
 from fedrlprune.errors import ConfigError
 
@@ -105,6 +111,25 @@ def test_markdown_table_has_one_row_per_method_and_says_why_one_is_missing() -> 
     assert len(lines) == 4 and lines[2].startswith("| `a` | 1/1 | 0.8000 |")
     assert "unknown: x / y" in lines[3]  # a pipe would break the table
     assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_gaps_over_seeds_are_paired_within_each_seed() -> None:
+    def row(variant: str, acc: float | None, bs: float = 1.0) -> dict:
+        return {"variant": variant, "deployed_accuracy_mean": acc, "budget_satisfaction": bs}
+
+    seeds = [
+        [row("fedavg", 0.88), row("pruned", 0.87, 1.0), row("gone", 0.5)],
+        [row("fedavg", 0.86), row("pruned", 0.84, 0.9), row("gone", None)],
+    ]
+    (gap,) = gaps_over_seeds(seeds, "fedavg")  # "gone" lacks a seed: left out, not averaged
+    assert gap.variant == "pruned"
+    assert gap.gap_points == pytest.approx((1.0, 2.0))
+    assert gap.mean_gap == pytest.approx(1.5)
+    assert gap.sd_gap == pytest.approx(0.7071, abs=1e-4)
+    assert gap.worst_budget_satisfaction == 0.9
+    assert gaps_over_seeds(seeds[:1], "fedavg")[0].sd_gap is None
+    with pytest.raises(ValueError, match="reference 'dense'"):
+        gaps_over_seeds(seeds, "dense")
 
 
 def test_summary_row_and_mean_by_round() -> None:

@@ -184,3 +184,73 @@ def _short(errors: Sequence[str], limit: int = 160) -> str:
     text = errors[0] if errors else "no result"
     text = text.replace("|", "/").replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class SeedGap:
+    """One variant over several seeds, against a reference variant run beside it each time."""
+
+    variant: str
+    accuracy: tuple[float, ...]  # per seed, in the order the seeds were given
+    reference: tuple[float, ...]  # the reference's accuracy, per seed
+    gap_points: tuple[float, ...]  # reference minus variant, in accuracy points, per seed
+    mean_gap: float
+    sd_gap: float | None  # sample standard deviation; None below two seeds
+    worst_budget_satisfaction: float | None
+    mean_param_reduction: float | None
+    mean_flops_reduction: float | None
+
+
+def gaps_over_seeds(
+    seeds: Sequence[Sequence[Mapping[str, Any]]],
+    reference: str,
+    key: str = "deployed_accuracy_mean",
+) -> list[SeedGap]:
+    """Each variant's accuracy gap to `reference` (positive: behind it), seed by seed.
+
+    `seeds` holds one list of rows (benchmarks/compare.py's JSON: one row per variant) per seed.
+    Gaps are taken within a seed, where data, clients and devices match, then averaged: the
+    paired difference, not the difference of two means over unpaired runs. A variant enters
+    only when every seed has it and the reference with a finite `key`, so no mean hides a
+    missing run.
+    """
+    if not seeds:
+        raise ValueError("no seeds given")
+    by_seed = [{str(r["variant"]): r for r in rows} for rows in seeds]
+    for i, rows in enumerate(by_seed):
+        if as_number(rows.get(reference, {}).get(key)) is None:
+            raise ValueError(f"seed {i} has no {key} for the reference {reference!r}")
+    names = [n for n in by_seed[0] if n != reference]
+    out = []
+    for name in names:
+        runs = [rows.get(name) for rows in by_seed]
+        accs = [as_number(r.get(key)) if r else None for r in runs]
+        if any(a is None for a in accs):
+            continue
+        accuracy = tuple(float(a) for a in accs if a is not None)
+        refs = [float(rows[reference][key]) for rows in by_seed]
+        gaps = tuple(100 * (ref - acc) for ref, acc in zip(refs, accuracy, strict=True))
+        out.append(
+            SeedGap(
+                variant=name,
+                accuracy=accuracy,
+                reference=tuple(refs),
+                gap_points=gaps,
+                mean_gap=statistics.fmean(gaps),
+                sd_gap=statistics.stdev(gaps) if len(gaps) >= 2 else None,
+                worst_budget_satisfaction=_least(runs, "budget_satisfaction"),
+                mean_param_reduction=_mean(runs, "deployed_param_reduction"),
+                mean_flops_reduction=_mean(runs, "deployed_flops_reduction"),
+            )
+        )
+    return out
+
+
+def _least(runs: Sequence[Mapping[str, Any] | None], name: str) -> float | None:
+    values = [v for v in (as_number(r.get(name)) for r in runs if r) if v is not None]
+    return min(values) if values else None
+
+
+def _mean(runs: Sequence[Mapping[str, Any] | None], name: str) -> float | None:
+    values = [v for v in (as_number(r.get(name)) for r in runs if r) if v is not None]
+    return statistics.fmean(values) if values else None
