@@ -1,10 +1,13 @@
 """Local training: it learns, and the same seed gives the same weights."""
 
+import itertools
+
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from fedrlprune.fl.training import as_tensors, evaluate, get_state, set_state, train
+from fedrlprune.fl.training import as_tensors, evaluate, get_state, round_lr, set_state, train
 
 
 def _problem() -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,3 +82,13 @@ def test_core_is_trained_as_a_model_of_its_own_and_only_where_it_keeps() -> None
     torch.testing.assert_close(
         model[0].weight.detach()[outside], (start["0.weight"] - 0.1 * full[0])[outside]
     )
+
+
+def test_round_lr_constant_or_annealed_over_the_rounds() -> None:
+    assert [round_lr(0.1, "constant", r, 4) for r in (1, 4)] == [0.1, 0.1]
+    cosine = [round_lr(0.1, "cosine", r, 4) for r in range(1, 5)]
+    assert cosine[0] == pytest.approx(0.1)
+    assert cosine[2] == pytest.approx(0.05)  # half way through the rounds, half the rate
+    assert all(a > b > 0 for a, b in itertools.pairwise(cosine))
+    with pytest.raises(ValueError, match="lr_schedule 'step'"):
+        round_lr(0.1, "step", 1, 4)

@@ -75,6 +75,12 @@ class Config:
     local_epochs: int = _key(2, "local epochs per round on each selected client", lo=1, hi=1_000)
     batch_size: int = _key(32, "local mini-batch size", lo=1, hi=65_536)
     lr: float = _key(0.01, "local SGD learning rate", lo=0.0, hi=10.0, lo_open=True)
+    lr_schedule: str = _key(
+        "constant",
+        "local learning rate over the rounds: `constant`, or `cosine` (from `lr` in round 1 "
+        "down a half cosine toward 0 after the last round)",
+        choices=("constant", "cosine"),
+    )
     momentum: float = _key(0.9, "local SGD momentum (reset every round)", lo=0.0, hi=0.999)
     weight_decay: float = _key(0.0, "local SGD weight decay", lo=0.0, hi=1.0)
     partition: str = _key("dirichlet", "how the data is split among clients", choices=PARTITIONS)

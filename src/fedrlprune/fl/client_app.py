@@ -25,7 +25,7 @@ from fedrlprune.data.loaders import ArrayDataset
 from fedrlprune.devices import Budget
 from fedrlprune.errors import FedRLPruneError
 from fedrlprune.fl import protocol
-from fedrlprune.fl.training import as_tensors, evaluate, get_state, set_state, train
+from fedrlprune.fl.training import as_tensors, evaluate, get_state, round_lr, set_state, train
 from fedrlprune.models import ModelFactory, build_model
 from fedrlprune.pruning.masks import apply_masks, magnitude_masks, pruning_targets
 from fedrlprune.pruning.metrics import total_flops
@@ -120,7 +120,7 @@ def make_client_app(
             loc.y_train,
             epochs=cfg.local_epochs,
             batch_size=cfg.batch_size,
-            lr=cfg.lr,
+            lr=round_lr(cfg.lr, cfg.lr_schedule, int(extra["round"]), cfg.rounds),
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
             seed=cfg.seed * 1_000_003 + int(extra["round"]) * 10_007 + cid,

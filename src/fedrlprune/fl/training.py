@@ -6,6 +6,7 @@ index rather than through a DataLoader (which costs more than the step itself fo
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +22,17 @@ class StepHook(Protocol):
 
     def before_step(self) -> None: ...
     def after_step(self) -> None: ...
+
+
+def round_lr(lr: float, schedule: str, rnd: int, rounds: int) -> float:
+    """The local learning rate of round `rnd` (1-based) of `rounds`. `cosine` anneals over the
+    rounds (Loshchilov & Hutter, SGDR, 2017), so the last rounds average small, quiet steps
+    instead of the noise a large constant step leaves in the global model."""
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * (rnd - 1) / rounds))
+    raise ValueError(f"unknown lr_schedule {schedule!r}; use 'constant' or 'cosine'")
 
 
 @dataclass(frozen=True)
