@@ -37,7 +37,10 @@ def main() -> None:
     try:
         table = gaps_over_seeds(seeds, args.reference, args.key)
     except ValueError as err:
-        parser.error(f"{err}; every file needs a {args.reference!r} row (see --reference)")
+        parser.error(
+            f"{err} (seed i is the i-th file given); give the JSON files compare.py writes, "
+            f"each with a {args.reference!r} row (see --reference)"
+        )
 
     labels = [p.stem for p in args.runs]
     lines = [

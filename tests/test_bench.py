@@ -130,6 +130,8 @@ def test_gaps_over_seeds_are_paired_within_each_seed() -> None:
     assert gaps_over_seeds(seeds[:1], "fedavg")[0].sd_gap is None
     with pytest.raises(ValueError, match="reference 'dense'"):
         gaps_over_seeds(seeds, "dense")
+    with pytest.raises(ValueError, match="seed 1 is not a list of rows"):
+        gaps_over_seeds([seeds[0], {"fedavg": 0.88}], "fedavg")  # type: ignore[list-item]
 
 
 def test_summary_row_and_mean_by_round() -> None:

@@ -20,6 +20,7 @@ import tomli_w
 from fedrlprune.data.loaders import DATASETS
 from fedrlprune.data.partition import PARTITIONS
 from fedrlprune.errors import ConfigError
+from fedrlprune.fl.training import LR_SCHEDULES
 from fedrlprune.rl.env import REWARDS
 
 # The compared methods of DESIGN section 6, each with a server plan in `baselines/`.
@@ -79,7 +80,7 @@ class Config:
         "constant",
         "local learning rate over the rounds: `constant`, or `cosine` (from `lr` in round 1 "
         "down a half cosine toward 0 after the last round)",
-        choices=("constant", "cosine"),
+        choices=LR_SCHEDULES,
     )
     momentum: float = _key(0.9, "local SGD momentum (reset every round)", lo=0.0, hi=0.999)
     weight_decay: float = _key(0.0, "local SGD weight decay", lo=0.0, hi=1.0)

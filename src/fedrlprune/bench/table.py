@@ -78,9 +78,9 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> list[MethodRow]:
         ok = [r for r in runs if r.get("status") == "ok"]
         means: dict[str, float | None] = {}
         for name in MEAN_FIELDS:
-            values = [v for v in (as_number(r.get(name)) for r in ok) if v is not None]
+            values = _numbers(ok, name)
             means[name] = statistics.fmean(values) if values else None
-        accs = [v for v in (as_number(r.get("final_accuracy")) for r in ok) if v is not None]
+        accs = _numbers(ok, "final_accuracy")
         statuses = {str(r.get("status")) for r in runs}
         status = "ok" if ok else (statuses.pop() if len(statuses) == 1 else "failed")
         errors = tuple(dict.fromkeys(str(r["error"]) for r in runs if r.get("error")))
@@ -216,41 +216,43 @@ def gaps_over_seeds(
     """
     if not seeds:
         raise ValueError("no seeds given")
+    for i, rows in enumerate(seeds):
+        if isinstance(rows, str | Mapping) or not all(
+            isinstance(r, Mapping) and "variant" in r for r in rows
+        ):
+            raise ValueError(f"seed {i} is not a list of rows with a 'variant' each")
     by_seed = [{str(r["variant"]): r for r in rows} for rows in seeds]
-    for i, rows in enumerate(by_seed):
-        if as_number(rows.get(reference, {}).get(key)) is None:
-            raise ValueError(f"seed {i} has no {key} for the reference {reference!r}")
-    names = [n for n in by_seed[0] if n != reference]
+    refs = [as_number(rows.get(reference, {}).get(key)) for rows in by_seed]
+    reference_acc = tuple(r for r in refs if r is not None)
+    if len(reference_acc) < len(refs):
+        missing = refs.index(None)
+        raise ValueError(f"seed {missing} has no {key} for the reference {reference!r}")
     out = []
-    for name in names:
-        runs = [rows.get(name) for rows in by_seed]
-        accs = [as_number(r.get(key)) if r else None for r in runs]
-        if any(a is None for a in accs):
+    for name in (n for n in by_seed[0] if n != reference):
+        runs = [r for r in (rows.get(name) for rows in by_seed) if r]
+        accuracy = tuple(a for a in (as_number(r.get(key)) for r in runs) if a is not None)
+        if len(accuracy) < len(by_seed):
             continue
-        accuracy = tuple(float(a) for a in accs if a is not None)
-        refs = [float(rows[reference][key]) for rows in by_seed]
-        gaps = tuple(100 * (ref - acc) for ref, acc in zip(refs, accuracy, strict=True))
+        gaps = tuple(100 * (r - a) for r, a in zip(reference_acc, accuracy, strict=True))
+        satisfaction = _numbers(runs, "budget_satisfaction")
+        params = _numbers(runs, "deployed_param_reduction")
+        flops = _numbers(runs, "deployed_flops_reduction")
         out.append(
             SeedGap(
                 variant=name,
                 accuracy=accuracy,
-                reference=tuple(refs),
+                reference=reference_acc,
                 gap_points=gaps,
                 mean_gap=statistics.fmean(gaps),
                 sd_gap=statistics.stdev(gaps) if len(gaps) >= 2 else None,
-                worst_budget_satisfaction=_least(runs, "budget_satisfaction"),
-                mean_param_reduction=_mean(runs, "deployed_param_reduction"),
-                mean_flops_reduction=_mean(runs, "deployed_flops_reduction"),
+                worst_budget_satisfaction=min(satisfaction) if satisfaction else None,
+                mean_param_reduction=statistics.fmean(params) if params else None,
+                mean_flops_reduction=statistics.fmean(flops) if flops else None,
             )
         )
     return out
 
 
-def _least(runs: Sequence[Mapping[str, Any] | None], name: str) -> float | None:
-    values = [v for v in (as_number(r.get(name)) for r in runs if r) if v is not None]
-    return min(values) if values else None
-
-
-def _mean(runs: Sequence[Mapping[str, Any] | None], name: str) -> float | None:
-    values = [v for v in (as_number(r.get(name)) for r in runs if r) if v is not None]
-    return statistics.fmean(values) if values else None
+def _numbers(rows: Iterable[Mapping[str, Any]], name: str) -> list[float]:
+    """The finite figures `name` of `rows`, skipping rows where it is missing."""
+    return [v for v in (as_number(r.get(name)) for r in rows) if v is not None]

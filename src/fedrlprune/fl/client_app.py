@@ -114,16 +114,17 @@ def make_client_app(
         metrics |= baselines.before_training(cfg, loc.baseline(targets), extra)
         hook = baselines.training_hook(cfg, loc.model, masks, targets, extra)
         core = _core(msg.content, state, masks)
+        rnd = int(extra["round"])
         result = train(
             loc.model,
             loc.x_train,
             loc.y_train,
             epochs=cfg.local_epochs,
             batch_size=cfg.batch_size,
-            lr=round_lr(cfg.lr, cfg.lr_schedule, int(extra["round"]), cfg.rounds),
+            lr=round_lr(cfg.lr, cfg.lr_schedule, rnd, cfg.rounds),
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
-            seed=cfg.seed * 1_000_003 + int(extra["round"]) * 10_007 + cid,
+            seed=cfg.seed * 1_000_003 + rnd * 10_007 + cid,
             hook=hook,
             core=core,
         )

@@ -24,6 +24,9 @@ class StepHook(Protocol):
     def after_step(self) -> None: ...
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 def round_lr(lr: float, schedule: str, rnd: int, rounds: int) -> float:
     """The local learning rate of round `rnd` (1-based) of `rounds`. `cosine` anneals over the
     rounds (Loshchilov & Hutter, SGDR, 2017), so the last rounds average small, quiet steps
@@ -32,7 +35,7 @@ def round_lr(lr: float, schedule: str, rnd: int, rounds: int) -> float:
         return lr
     if schedule == "cosine":
         return lr * 0.5 * (1.0 + math.cos(math.pi * (rnd - 1) / rounds))
-    raise ValueError(f"unknown lr_schedule {schedule!r}; use 'constant' or 'cosine'")
+    raise ValueError(f"unknown lr_schedule {schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
 
 
 @dataclass(frozen=True)
