@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedrlprune.bench.runner import machine_line
+from fedrlprune.bench.section import machine_line
 from fedrlprune.config import Config
-from fedrlprune.experiments.runner import ray_session, run_experiment
+from fedrlprune.experiments.runner import run_experiment
+from fedrlprune.fl.simulation import ray_session
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Clients prune to their own device budgets, so their masks differ: with one rate for

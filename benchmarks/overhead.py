@@ -28,8 +28,8 @@ import torch
 from fedrlprune.config import Config
 from fedrlprune.data.federated import federate_named
 from fedrlprune.experiments.runner import run_experiment
-from fedrlprune.fl.training import as_tensors, train
 from fedrlprune.models import build_model
+from fedrlprune.training import as_tensors, train
 
 
 def plain_seconds(cfg: Config, repeats: int) -> tuple[list[float], int]:

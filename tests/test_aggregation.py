@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedrlprune.fl.aggregation import aggregate_sparse, fedavg
+from fedrlprune.federation.aggregation import aggregate_sparse, fedavg
 
 
 def test_weighted_mean_by_hand() -> None:

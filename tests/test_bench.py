@@ -8,12 +8,8 @@ import pytest
 
 from fedrlprune.bench import runner as bench_runner
 from fedrlprune.bench.plots import mean_by_round
-from fedrlprune.bench.runner import (
-    RESULT_COLUMNS,
-    run_bench,
-    summary_row,
-    update_benchmarks_md,
-)
+from fedrlprune.bench.runner import RESULT_COLUMNS, run_bench, summary_row
+from fedrlprune.bench.section import update_benchmarks_md
 from fedrlprune.bench.suites import (
     METHODS,
     QUICK,
@@ -204,7 +200,7 @@ def test_a_failing_run_is_recorded_and_the_bench_goes_on(
 
     monkeypatch.setattr("fedrlprune.experiments.runner.run_experiment", boom)
     run_dir = tmp_path / "run"
-    row = bench_runner._one_run(QUICK.setups[0], "fedavg", 0, (), run_dir, live=False)
+    row = bench_runner.one_run(QUICK.setups[0], "fedavg", 0, (), run_dir, live=False)
     assert row["status"] == "failed" and row["error"] == "RuntimeError: client exploded"
     assert "client exploded" in (run_dir / "error.txt").read_text()
 
@@ -220,14 +216,14 @@ def test_runs_go_seed_by_seed_and_stop_at_the_time_budget(
         return {"final_accuracy": 0.5, "effective_flops": 10}
 
     monkeypatch.setattr("fedrlprune.experiments.runner.run_experiment", fake)
-    monkeypatch.setattr("fedrlprune.experiments.runner.ray_session", nullcontext)
+    monkeypatch.setattr("fedrlprune.fl.simulation.ray_session", nullcontext)
     run_bench("quick", methods=["fedavg", "magnitude"], seeds=2, out=tmp_path / "a", live=False)
     assert calls == [("fedavg", 0), ("magnitude", 0), ("fedavg", 1), ("magnitude", 1)]
     cut = run_bench("quick", methods=["fedavg"], out=tmp_path / "b", live=False, max_minutes=1e-9)
     assert [r["status"] for r in cut.rows] == ["not run"]
     assert "time budget" in (tmp_path / "b" / "table.md").read_text()
-    assert bench_runner._out_of_time(50, [{"run_seconds": 20}], budget=60)
-    assert not bench_runner._out_of_time(30, [{"run_seconds": 20}], budget=60)
+    assert bench_runner.out_of_time(50, [{"run_seconds": 20}], budget=60)
+    assert not bench_runner.out_of_time(30, [{"run_seconds": 20}], budget=60)
 
 
 def test_bad_bench_arguments_are_user_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,36 +1,37 @@
-"""The ClientApp's reading of what the server sends beside the model: the core to train."""
+"""The ClientApp's view of a message: the orders and the core beside the model, decoded and
+checked."""
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord
 
+from fedrlprune.config import Config
 from fedrlprune.errors import PayloadError
+from fedrlprune.federation.messages import Orders, RLOrders
 from fedrlprune.fl import protocol
-from fedrlprune.fl.client_app import _core
+from fedrlprune.rl.prune import policy_layout
 
-REF = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(2, np.float32)}
-
-
-def _content(**records: ArrayRecord) -> RecordDict:
-    return RecordDict(records)
+REF = {"w": np.ones((2, 3), np.float32), "b": np.zeros(2, np.float32)}
 
 
-def test_the_core_is_taken_within_the_clients_own_mask() -> None:
-    own = {"w": np.array([[1, 1, 0], [1, 1, 1]], bool)}
-    core = {"w": np.array([[1, 0, 1], [0, 0, 1]], bool)}
-    got = _core(_content(**{protocol.CORE: protocol.pack_masks(core)}), REF, own)
-    assert got is not None
-    np.testing.assert_array_equal(got["w"], [[1, 0, 0], [0, 0, 1]])
-
-
-def test_no_core_when_none_was_sent_or_it_is_the_clients_own_model() -> None:
-    own = {"w": np.array([[1, 0, 0], [0, 0, 1]], bool)}
-    assert _core(_content(), REF, own) is None
-    wider = {"w": np.array([[1, 1, 0], [0, 1, 1]], bool)}  # within `own`, the same model
-    assert _core(_content(**{protocol.CORE: protocol.pack_masks(wider)}), REF, own) is None
+def test_orders_round_trip_with_their_masks_core_and_policy() -> None:
+    cfg = Config.from_dict({"clients": 3})
+    masks = {"w": np.array([[1, 1, 0], [1, 1, 1]], bool)}
+    core = {"w": np.array([[1, 0, 0], [0, 0, 1]], bool)}
+    rl = RLOrders(1e5, 3e4, 0.2, 0.1, 0.5, 0.4, 1.0, 0.5, True)
+    sent = Orders(7, masks, core=core, policy=policy_layout(), rl=rl, prune_rate=0.3)
+    got_cfg, got, state = protocol.unpack_orders(protocol.pack_orders(cfg, sent, REF), REF)
+    assert got_cfg == cfg and got.rl == rl and (got.round, got.prune_rate) == (7, 0.3)
+    np.testing.assert_array_equal(got.masks["w"], masks["w"])
+    np.testing.assert_array_equal(got.core["w"], core["w"])
+    np.testing.assert_array_equal(state["w"], np.where(masks["w"], 1.0, 0.0))
+    assert got.policy is not None and got.policy.keys() == policy_layout().keys()
+    plain = protocol.unpack_orders(protocol.pack_orders(cfg, Orders(1, {}), REF), REF)[1]
+    assert plain.core == {} and plain.policy is None and plain.rl is None
 
 
 def test_a_core_that_does_not_fit_the_model_is_refused() -> None:
-    bad = ArrayRecord({"w@bitmask": Array(np.zeros(5, np.uint8))})  # 6 entries need 1 byte
+    content = protocol.pack_orders(Config(), Orders(1, {}), REF)
+    content[protocol.CORE] = ArrayRecord({"w@bitmask": Array(np.zeros(5, np.uint8))})
     with pytest.raises(PayloadError, match="w: bitmask has 5 bytes"):
-        _core(_content(**{protocol.CORE: bad}), REF, {})
+        protocol.unpack_orders(content, REF)

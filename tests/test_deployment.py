@@ -474,12 +474,12 @@ class _Grid:
 def test_the_server_waits_node_wait_for_supernodes_and_says_what_to_do() -> None:
     from fedrlprune.config import Config
     from fedrlprune.errors import FedRLPruneError
-    from fedrlprune.fl.server_app import _handshake
+    from fedrlprune.fl.server_app import handshake
 
     cfg = Config.from_dict({"clients": 2, "node_wait": 0.5})
     started = time.monotonic()
     with pytest.raises(
         FedRLPruneError, match=r"only 1 of 2 SuperNodes connected within 0\.5 s.*node_wait"
     ):
-        _handshake(_Grid([7]), cfg)  # type: ignore[arg-type]
+        handshake(_Grid([7]), cfg)  # type: ignore[arg-type]
     assert 0.5 <= time.monotonic() - started < 5

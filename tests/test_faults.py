@@ -11,7 +11,6 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 from uuid import uuid4
 
 import numpy as np
@@ -28,8 +27,8 @@ from fedrlprune.errors import PayloadError
 from fedrlprune.experiments.progress import RunProgress
 from fedrlprune.experiments.runner import run_experiment
 from fedrlprune.fl import protocol
-from fedrlprune.fl.server_app import _deploy_reply, _exchange
-from fedrlprune.fl.training import as_tensors, evaluate
+from fedrlprune.fl.server_app import deploy_reply, exchange
+from fedrlprune.training import as_tensors, evaluate
 
 # ----------------------------------------------------------------------- the exchange alone
 
@@ -76,10 +75,10 @@ def _exchange_with(script: dict[int, str], timeout: float) -> tuple[dict, dict, 
     nodes = {cid: 100 + cid for cid in script}  # client id -> node id
     grid = ScriptedGrid({100 + cid: answer for cid, answer in script.items()})
     cfg = Config.from_dict({"clients": len(script), "round_timeout": timeout})
-    sent: dict[int, Any] = {cid: ({}, {}) for cid in script}
+    sent = {cid: RecordDict() for cid in script}
     t0 = time.monotonic()
     with RunProgress(1, "test", live=False) as progress:
-        replies, drops = _exchange(grid, nodes, sent, "train", cfg, 3, progress)  # type: ignore[arg-type]
+        replies, drops = exchange(grid, nodes, sent, "train", cfg, 3, progress)  # type: ignore[arg-type]
     return replies, drops, time.monotonic() - t0
 
 
@@ -125,11 +124,11 @@ def test_a_deployment_reply_is_used_only_when_whole(
     sent.metadata.__dict__["_message_id"] = uuid4().hex
     reply = Message(content, reply_to=sent)
     if words is None:
-        masks, acc = _deploy_reply(reply, reference)
+        masks, acc = deploy_reply(reply, reference)
         assert acc == 0.75 and np.array_equal(masks["w"], mask["w"])
     else:
         with pytest.raises(PayloadError, match=re.escape(words)):
-            _deploy_reply(reply, reference)
+            deploy_reply(reply, reference)
 
 
 # ------------------------------------------------------------------- a run with bad clients

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from fedrlprune.baselines import feddst
 from fedrlprune.errors import PayloadError
 from fedrlprune.experiments.runner import run_experiment
-from fedrlprune.fl.validation import _check_not_denser
+from fedrlprune.fl.validation import check_not_denser
+from fedrlprune.methods import feddst
 
 
 def test_readjust_ratio_anneals_by_cosine_to_zero() -> None:
@@ -47,9 +47,9 @@ def test_local_gradients_reach_pruned_weights() -> None:
 
 def test_a_moved_mask_may_not_grow() -> None:
     sent = {"w": np.array([True, False, True, False])}
-    _check_not_denser({"w": np.array([False, True, True, False])}, sent)  # moved: fine
+    check_not_denser({"w": np.array([False, True, True, False])}, sent)  # moved: fine
     with pytest.raises(PayloadError, match="keeps 3"):
-        _check_not_denser({"w": np.array([True, True, True, False])}, sent)
+        check_not_denser({"w": np.array([True, True, True, False])}, sent)
 
 
 def test_feddst_end_to_end_stays_at_its_sparsity(tmp_path: Path) -> None:

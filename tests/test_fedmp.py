@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrlprune.baselines import fedmp
 from fedrlprune.experiments.runner import run_experiment
-from fedrlprune.fl.aggregation import aggregate_sparse
+from fedrlprune.federation.aggregation import aggregate_sparse
+from fedrlprune.methods import fedmp
 
 
 def test_every_arm_is_tried_once_in_order_then_the_best_bound_wins() -> None:

@@ -7,10 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from fedrlprune.baselines import client, lotteryfl
 from fedrlprune.config import Config
 from fedrlprune.experiments.runner import run_experiment
-from fedrlprune.fl.training import get_state
+from fedrlprune.federation.messages import Orders
+from fedrlprune.methods import lotteryfl
+from fedrlprune.methods.base import ClientData
+from fedrlprune.methods.lotteryfl import LotteryFL
+from fedrlprune.training import get_state
 
 
 def test_prune_only_when_good_enough_and_not_yet_sparse_enough() -> None:
@@ -33,10 +36,15 @@ def test_reset_rewinds_every_parameter_under_the_new_mask() -> None:
     assert init["w"][1] == 2.0  # the initial weights are not touched
 
 
-def _data(threshold_model: nn.Module, initial: dict) -> client.ClientData:
+def _data(model: nn.Module, initial: dict) -> ClientData:
     x = torch.randn(20, 4)
-    return client.ClientData(threshold_model, x, x.sum(1).gt(0).long(), x, x.sum(1).gt(0).long(),
-                             ["0"], initial)  # fmt: skip
+    y = x.sum(1).gt(0).long()
+    data = ClientData(model, x, y, x, y.clone(), x, y, (4,), 2, {}, ["0"], lambda s, c: model)
+    data.cache["initial"] = initial  # what `initial_state` rebuilds from the run's seed
+    return data
+
+
+LEARN = Orders(round=1, masks={}, learn=True)
 
 
 def test_client_step_prunes_and_rewinds_past_the_threshold_only() -> None:
@@ -46,7 +54,8 @@ def test_client_step_prunes_and_rewinds_past_the_threshold_only() -> None:
     trained = {k: v + 1.0 for k, v in initial.items()}  # any other weights
     data = _data(model, initial)
     cfg = Config.from_dict({"method": "lotteryfl", "lottery_threshold": 0.0, "prune_rate": 0.5})
-    state, masks, metrics = client.prune(cfg, data, trained, {}, {"learn": 1})
+    got = LotteryFL.prune(cfg, data, trained, {}, LEARN)
+    state, masks, metrics = got.state, got.masks, got.metrics
     assert metrics["pruned-now"] == 1
     assert masks["0.weight"].sum() == 32  # 20% of 40 weights pruned, by |trained weight|
     np.testing.assert_array_equal(
@@ -55,7 +64,8 @@ def test_client_step_prunes_and_rewinds_past_the_threshold_only() -> None:
     np.testing.assert_array_equal(state["2.weight"], initial["2.weight"])  # rewound too
     never = Config.from_dict({"method": "lotteryfl", "lottery_threshold": 1.0})
     data.y_val = 1 - data.y_val  # make sure accuracy is below 1
-    state, masks, metrics = client.prune(never, data, trained, {}, {"learn": 1})
+    got = LotteryFL.prune(never, data, trained, {}, LEARN)
+    state, masks, metrics = got.state, got.masks, got.metrics
     assert metrics["pruned-now"] == 0 and masks == {} and state is trained
 
 

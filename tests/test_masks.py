@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from fedrlprune.errors import ConfigError
-from fedrlprune.fl.training import get_state
 from fedrlprune.models import build_model
 from fedrlprune.pruning import (
     MaskEnforcer,
@@ -22,6 +21,7 @@ from fedrlprune.pruning import (
     overall_sparsity,
     pruning_targets,
 )
+from fedrlprune.training import get_state
 
 MNIST = (1, 28, 28)
 

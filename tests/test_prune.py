@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from fedrlprune.devices import Budget
-from fedrlprune.fl.training import get_state
 from fedrlprune.models import build_model
 from fedrlprune.pruning.masks import magnitude_masks
 from fedrlprune.pruning.metrics import total_flops
 from fedrlprune.rl.env import layer_infos
 from fedrlprune.rl.prune import ACTION_RATES, RLSettings, client_features, new_agent, rl_prune
+from fedrlprune.training import get_state
 
 SHAPE = (1, 28, 28)
 TARGETS = ["conv1", "conv2", "fc1", "fc2"]

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrlprune.baselines import prunefl
 from fedrlprune.devices import DeviceProfile
 from fedrlprune.experiments.runner import run_experiment
+from fedrlprune.methods import prunefl
 
 
 def test_readjust_drops_the_weakest_kept_weights_unless_their_importance_pays() -> None:

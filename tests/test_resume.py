@@ -12,14 +12,14 @@ import fedrlprune.fl.server_app as server_app
 from fedrlprune.cli import main
 from fedrlprune.config import Config
 from fedrlprune.errors import FedRLPruneError
-from fedrlprune.experiments.checkpoint import (
+from fedrlprune.experiments.export import load_checkpoint
+from fedrlprune.experiments.runner import resume_experiment, run_experiment
+from fedrlprune.federation.checkpoint import (
     CHECKPOINT,
     RunState,
     load_run_state,
     save_run_state,
 )
-from fedrlprune.experiments.export import load_checkpoint
-from fedrlprune.experiments.runner import resume_experiment, run_experiment
 from fedrlprune.rl.prune import new_agent
 
 # ------------------------------------------------------------------------- the checkpoint
@@ -36,8 +36,10 @@ def _run_state(cfg: Config, rnd: int = 1) -> RunState:
         global_masks={"fc.weight": layer > 2},
         client_masks={0: {"fc.weight": layer > 5}, 3: {"fc.weight": layer > 7}},
         seen_rounds={0: [1], 3: [1]},
-        universal=new_agent(0).get_weights(),
-        own_policies={3: new_agent(3).get_weights()},
+        method={
+            **{f"universal/{k}": v for k, v in new_agent(0).get_weights().items()},
+            **{f"client3/{k}": v for k, v in new_agent(3).get_weights().items()},
+        },
         rng_state=rng.bit_generator.state,
         rows=[{"round": 1, "test_accuracy": float("nan"), "clients_dropped": "1;2"}],
         rates=[{"round": 1, "client": 3, "tier": "mcu", "heldout": 0, "layer": "fc", "rate": 0.5}],
@@ -61,8 +63,7 @@ def test_the_checkpoint_round_trips_everything_as_plain_arrays(tmp_path: Path) -
         (back.state, saved.state),
         (back.global_masks, saved.global_masks),
         (back.client_masks[3], saved.client_masks[3]),
-        (back.universal, saved.universal),
-        (back.own_policies[3], saved.own_policies[3]),
+        (back.method, saved.method),
     ):
         assert set(got) == set(want)
         for key in want:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedrlprune.fl.training import as_tensors, evaluate, get_state, round_lr, set_state, train
+from fedrlprune.training import as_tensors, evaluate, get_state, round_lr, set_state, train
 
 
 def _problem() -> tuple[torch.Tensor, torch.Tensor]:

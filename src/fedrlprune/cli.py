@@ -21,8 +21,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fedrlprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub.add_parser("run", help="run one federated experiment (Flower simulation)"))
+    _bench_parser(
+        sub.add_parser(
+            "bench",
+            help="run methods side by side on a suite: results.csv, table.md, plots, section.md",
+        )
+    )
+    export = sub.add_parser(
+        "export", help="write ONNX models (global and one per device tier) of a finished run"
+    )
+    export.add_argument("results", type=Path, help="the results folder of a run")
+    keys = sub.add_parser("keys", help="list every config key with its default and allowed values")
+    keys.add_argument(
+        "--markdown", action="store_true", help="print the docs' markdown table instead"
+    )
+    return parser
 
-    run = sub.add_parser("run", help="run one federated experiment (Flower simulation engine)")
+
+def _run_parser(run: argparse.ArgumentParser) -> None:
     run.add_argument("--config", "-c", type=Path, help="TOML config file (see configs/)")
     run.add_argument(
         "--set",
@@ -45,10 +62,8 @@ def _parser() -> argparse.ArgumentParser:
         "--no-live", action="store_true", help="plain log lines instead of a live display"
     )
 
-    bench = sub.add_parser(
-        "bench",
-        help="run methods side by side on a suite: results.csv, table.md, plots, section.md",
-    )
+
+def _bench_parser(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--suite", default="quick", help="quick or standard (default: quick)")
     bench.add_argument(
         "--methods",
@@ -88,17 +103,6 @@ def _parser() -> argparse.ArgumentParser:
         "--no-live", action="store_true", help="plain log lines instead of a live display"
     )
 
-    export = sub.add_parser(
-        "export", help="write ONNX models (global and one per device tier) of a finished run"
-    )
-    export.add_argument("results", type=Path, help="the results folder of a run")
-
-    keys = sub.add_parser("keys", help="list every config key with its default and allowed values")
-    keys.add_argument(
-        "--markdown", action="store_true", help="print the README's markdown table instead"
-    )
-    return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             return _bench(args, live)
         if args.resume is not None:
-            from fedrlprune.experiments.checkpoint import check_resumable
+            from fedrlprune.federation.checkpoint import check_resumable
 
             given = None
             if args.config is not None or args.overrides:
@@ -158,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace, live: bool) -> int:
-    from fedrlprune.bench.runner import run_bench, update_benchmarks_md
+    from fedrlprune.bench.runner import run_bench
+    from fedrlprune.bench.section import update_benchmarks_md
 
     result = run_bench(
         args.suite,

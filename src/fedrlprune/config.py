@@ -20,22 +20,18 @@ import tomli_w
 from fedrlprune.data.loaders import DATASETS
 from fedrlprune.data.partition import PARTITIONS
 from fedrlprune.errors import ConfigError
-from fedrlprune.fl.training import LR_SCHEDULES
+from fedrlprune.federation.aggregation import RULES, UNKEPT
+from fedrlprune.methods import METHODS
+from fedrlprune.pruning.masks import MODES
 from fedrlprune.rl.env import REWARDS
+from fedrlprune.rl.federation import POLICIES
+from fedrlprune.training import LR_SCHEDULES
 
-# The compared methods of DESIGN section 6, each with a server plan in `baselines/`.
-BASELINES = ("prunefl", "fedmp", "lotteryfl", "feddst")
-METHODS = ("fedrlprune", "fedavg", "magnitude", *BASELINES)
-PRUNE_MODES = ("unstructured", "structured")
-AGGREGATIONS = ("auto", "vote", "lotteryfl", "hermes", "naive", "residual")
-UNKEPT = ("previous", "zero")
-RL_POLICIES = ("federated", "local", "central")
-# The aggregation rule each method's paper uses (`aggregation = "auto"`): FedMP recovers what a
-# client pruned from the global model (residual), LotteryFL averages by mask count, the rest
-# take the mask-vote weighted average (DESIGN section 5).
-METHOD_AGGREGATION = {"fedmp": "residual", "lotteryfl": "lotteryfl"}
-# Methods that prune single weights as their papers do; structured pruning is refused for them.
-UNSTRUCTURED_ONLY = ("prunefl", "lotteryfl", "feddst")
+# The merge rule each method's paper uses, where it is not the mask vote (`aggregation = "auto"`).
+OWN_RULES = ", ".join(
+    [f"{m.aggregation} for {name}" for name, m in METHODS.items() if m.aggregation != "vote"]
+    + ["vote otherwise"]
+)
 # Keys that were renamed: an old config gets told what to write instead.
 RENAMED = {
     "rl_federated": 'rl_policy = "federated" (was true) or "local" (was false)',
@@ -67,7 +63,7 @@ class Config:
     model: str = _key(
         "lenet5", "model from the registry (the Python API also takes your own nn.Module)"
     )
-    method: str = _key("fedrlprune", "federated method to run", choices=METHODS)
+    method: str = _key("fedrlprune", "federated method to run", choices=tuple(METHODS))
     clients: int = _key(10, "number of clients (the data is split among them)", lo=1, hi=10_000)
     rounds: int = _key(20, "federated rounds", lo=1, hi=100_000)
     fraction: float = _key(
@@ -101,7 +97,7 @@ class Config:
         hi=0.99,
     )
     prune_mode: str = _key(
-        "unstructured", "prune single weights or whole channels/neurons", choices=PRUNE_MODES
+        "unstructured", "prune single weights or whole channels/neurons", choices=MODES
     )
     prune_start: float = _key(
         0.1, "share of the rounds trained dense before pruning starts", lo=0, hi=1
@@ -119,9 +115,9 @@ class Config:
     )
     aggregation: str = _key(
         "auto",
-        "how sparse client models merge (DESIGN section 5); `auto` = the method's own rule "
-        "(residual for fedmp, lotteryfl for lotteryfl, vote otherwise)",
-        choices=AGGREGATIONS,
+        "how sparse client models merge (docs/methods.md); `auto` = the method's own rule "
+        f"({OWN_RULES})",
+        choices=("auto", *RULES),
     )
     unkept: str = _key(
         "previous",
@@ -163,7 +159,7 @@ class Config:
         "federated",
         "`federated`: average the clients' Q-networks into one policy; `local`: each client "
         "keeps its own agent; `central`: one agent trained on one client only, used by all",
-        choices=RL_POLICIES,
+        choices=POLICIES,
     )
     lottery_threshold: float = _key(
         0.5,
@@ -224,7 +220,7 @@ class Config:
             )
         checked = {name: _check(known[name], value) for name, value in values.items()}
         cfg = dataclasses.replace(base or cls(), **checked)
-        if cfg.method in UNSTRUCTURED_ONLY and cfg.prune_mode == "structured":
+        if cfg.prune_mode not in METHODS[cfg.method].modes:
             raise ConfigError(
                 f"method {cfg.method!r} prunes single weights, as its paper does; set "
                 'prune_mode = "unstructured" (or use method fedmp for structured sub-models)'
@@ -258,13 +254,13 @@ class Config:
         """The rule the server merges with: `aggregation`, or the method's own for `auto`."""
         if self.aggregation != "auto":
             return self.aggregation
-        return METHOD_AGGREGATION.get(self.method, "vote")
+        return METHODS[self.method].aggregation
 
     @property
     def structured(self) -> bool:
         """Whether masks remove whole channels: `prune_mode`, or always for FedMP's
         sub-models."""
-        return self.prune_mode == "structured" or self.method == "fedmp"
+        return self.prune_mode == "structured" or METHODS[self.method].always_structured
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,9 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import platform
-import re
 import shlex
 import sys
 import time
@@ -22,11 +19,12 @@ import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fedrlprune.bench.plots import plot_setup
+from fedrlprune.bench.section import machine_line, render_section
 from fedrlprune.bench.suites import (
     Setup,
     Suite,
@@ -36,7 +34,6 @@ from fedrlprune.bench.suites import (
     pick_setups,
     run_config,
 )
-from fedrlprune.bench.table import aggregate, front_line, markdown_table
 from fedrlprune.errors import ConfigError, DataError
 
 log = logging.getLogger("fedrlprune")
@@ -109,8 +106,7 @@ def run_bench(
 ) -> BenchResult:
     """Run a suite and write its outputs under `out`; return the rows of results.csv.
 
-    methods: bench method names (default: all, see `suites.METHODS`).
-    setups:  the suite's setups to run (default: all).
+    methods, setups: bench method names and the suite's setups to run (default: all).
     seeds:   seeds per setup (default: each setup's own count); seeds are 0 .. seeds-1.
     extra:   `key=value` config overrides applied to every run (after the setup's own).
     command: the command line recorded in the outputs (default: this process's argv).
@@ -120,83 +116,121 @@ def run_bench(
     started = time.perf_counter()
     suite = pick_setups(get_suite(suite) if isinstance(suite, str) else suite, setups)
     names = parse_methods(methods)
-    if seeds is not None and seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
-    max_minutes = suite.max_minutes if max_minutes is None else max_minutes
-    if max_minutes < 0:
-        raise ConfigError(f"--max-minutes must be 0 (no limit) or more, got {max_minutes}")
+    max_minutes = _check_args(suite, names, seeds, max_minutes, extra)
     budget = max_minutes * 60 if max_minutes else None
-    for setup in suite.setups:  # a bad --set is refused before anything runs
-        run_config(setup, names[0], 0, extra)
-    out = Path(out) if out is not None else _default_out(suite.name)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(out, suite.name)
     command = command or shlex.join(["fedrlprune", *sys.argv[1:]])
     live = sys.stderr.isatty() if live is None else live
-
-    unknown = {m: why for m in names if (why := method_unavailable(m))}
-    missing = {s.name: why for s in suite.setups if (why := _data_missing(s, extra))}
-    for method, why in unknown.items():
-        log.warning("bench: method %s is %s; it is listed, not run", method, why)
-    for setup_name, why in missing.items():
-        log.warning("bench: setup %s skipped: %s", setup_name, why)
-
-    # Seed-major order: every method of every setup at seed 0 before any seed 1, so a bench cut
-    # short by its time budget still compares all methods, on fewer seeds.
-    most = max([seeds or s.seeds for s in suite.setups], default=0)
-    plan = [
-        (setup, method, seed)
-        for seed in range(most)
-        for setup in suite.setups
-        if seed < (seeds or setup.seeds)
-        for method in names
-    ]
+    unknown, missing = _unavailable(suite, names, extra)
+    plan = _plan(suite, names, seeds)
     runnable = [(s, m, k) for s, m, k in plan if s.name not in missing and m not in unknown]
-    todo = len(runnable)
     fresh = any(not (_run_dir(out, *run) / "summary.json").is_file() for run in runnable)
     machine = machine_line()
     rows: list[dict[str, Any]] = []
     from fedrlprune.experiments.progress import shared_display
-    from fedrlprune.experiments.runner import ray_session
+    from fedrlprune.fl.simulation import ray_session
 
     try:  # an interrupted bench still writes the table of what it finished
-        with shared_display(live) as display:
-            task = display.add_task("bench", total=todo, info="") if display is not None else None
-            done = 0
-            with ray_session() if fresh else nullcontext():
-                for setup, method, seed in plan:
-                    row: dict[str, Any] = {"setup": setup.name, "method": method, "seed": seed}
+        with shared_display(live) as display, ray_session() if fresh else nullcontext():
+            task = display.add_task("bench", total=len(runnable), info="") if display else None
+            for setup, method, seed in plan:
+                row: dict[str, Any] = {"setup": setup.name, "method": method, "seed": seed}
+                spent = time.perf_counter() - started
+                over = budget is not None and out_of_time(spent, _timed(rows), budget)
+                why = _why_not(setup.name, method, missing, unknown, over, max_minutes)
+                if why is None:
+                    what = f"{setup.name} {method} seed {seed}"
+                    log.info("bench %d/%d: %s", _ran(rows) + 1, len(runnable), what)
+                    _announce(display, task, _ran(rows), what)
                     run_dir = _run_dir(out, setup, method, seed)
-                    if setup.name in missing:
-                        row |= {"status": "skipped", "error": missing[setup.name]}
-                    elif method in unknown:
-                        row |= {"status": "unknown", "error": unknown[method]}
-                    elif budget is not None and _out_of_time(
-                        time.perf_counter() - started,
-                        [r for r in rows if r.get("run_seconds")],
-                        budget,
-                    ):
-                        row |= {
-                            "status": "not run",
-                            "error": f"time budget of {max_minutes:g} min reached",
-                        }
-                    else:
-                        done += 1
-                        what = f"{setup.name} {method} seed {seed}"
-                        if display is not None and task is not None:
-                            display.update(task, completed=done - 1, info=what)
-                        log.info("bench %d/%d: %s", done, todo, what)
-                        row |= _one_run(setup, method, seed, extra, run_dir, live)
-                    rows.append(row)
-                    write_results_csv(out / "results.csv", rows)
-            if display is not None and task is not None:
-                display.update(task, completed=done, info="writing the table and plots")
+                    why = one_run(setup, method, seed, extra, run_dir, live)
+                row |= why
+                rows.append(row)
+                write_results_csv(out / "results.csv", rows)
+            _announce(display, task, _ran(rows), "writing the table and plots")
     finally:
         seconds = time.perf_counter() - started
         write_outputs(out, suite, rows, command=command, machine=machine, seconds=seconds)
     return BenchResult(out=out, rows=rows, seconds=seconds)
 
 
-def _one_run(
+def _why_not(
+    setup: str,
+    method: str,
+    missing: Mapping[str, str],
+    unknown: Mapping[str, str],
+    over_budget: bool,
+    max_minutes: float,
+) -> dict[str, Any] | None:
+    """The row of a run that is not started (data missing, method unknown, out of time)."""
+    if setup in missing:
+        return {"status": "skipped", "error": missing[setup]}
+    if method in unknown:
+        return {"status": "unknown", "error": unknown[method]}
+    if over_budget:
+        return {"status": "not run", "error": f"time budget of {max_minutes:g} min reached"}
+    return None
+
+
+def _ran(rows: Sequence[Mapping[str, Any]]) -> int:
+    return sum(r.get("status") in ("ok", "failed") for r in rows)
+
+
+def _timed(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [r for r in rows if r.get("run_seconds")]
+
+
+def _announce(display: Any, task: Any, ran: int, what: str) -> None:
+    """The progress bar, in a terminal: runs done, and what happens now."""
+    if display is not None and task is not None:
+        display.update(task, completed=ran, info=what)
+
+
+def _check_args(
+    suite: Suite,
+    names: Sequence[str],
+    seeds: int | None,
+    max_minutes: float | None,
+    extra: Sequence[str],
+) -> float:
+    """Refuse bad arguments (and a bad --set) before anything runs; return the time budget."""
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    max_minutes = suite.max_minutes if max_minutes is None else max_minutes
+    if max_minutes < 0:
+        raise ConfigError(f"--max-minutes must be 0 (no limit) or more, got {max_minutes}")
+    for setup in suite.setups:
+        run_config(setup, names[0], 0, extra)
+    return max_minutes
+
+
+def _unavailable(
+    suite: Suite, names: Sequence[str], extra: Sequence[str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Methods this version does not know and setups whose data is absent, each with why."""
+    unknown = {m: why for m in names if (why := method_unavailable(m))}
+    missing = {s.name: why for s in suite.setups if (why := _data_missing(s, extra))}
+    for method, why in unknown.items():
+        log.warning("bench: method %s is %s; it is listed, not run", method, why)
+    for setup_name, why in missing.items():
+        log.warning("bench: setup %s skipped: %s", setup_name, why)
+    return unknown, missing
+
+
+def _plan(suite: Suite, names: Sequence[str], seeds: int | None) -> list[tuple[Setup, str, int]]:
+    """Seed-major order: every method of every setup at seed 0 before any seed 1, so a bench
+    cut short by its time budget still compares all methods, on fewer seeds."""
+    most = max([seeds or s.seeds for s in suite.setups], default=0)
+    return [
+        (setup, method, seed)
+        for seed in range(most)
+        for setup in suite.setups
+        if seed < (seeds or setup.seeds)
+        for method in names
+    ]
+
+
+def one_run(
     setup: Setup, method: str, seed: int, extra: Sequence[str], run_dir: Path, live: bool
 ) -> dict[str, Any]:
     """One run, or its earlier result; a failure becomes a row with the error, not a crash."""
@@ -261,110 +295,6 @@ def write_outputs(
         (out / name).write_text(text)
 
 
-def render_section(
-    *,
-    suite: Suite,
-    rows: Sequence[Mapping[str, Any]],
-    plots: Mapping[str, Sequence[Path]],
-    command: str,
-    machine: str,
-    seconds: float,
-    link_from: Path,
-) -> str:
-    """The markdown of one bench: what ran, where, the tables, the front checks and the plots.
-
-    Wrapped in `<!-- bench:SUITE -->` markers so `update_benchmarks_md` can replace it in place.
-    """
-    table = aggregate(rows)
-    runs = [r for r in rows if r.get("status") in ("ok", "failed")]
-    earlier = sum(bool(r.get("resumed")) for r in runs)
-    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        f"<!-- bench:{suite.name} start -->",
-        f"### Suite `{suite.name}`"
-        + (" (a check of the bench, not a result)" if suite.name == "quick" else ""),
-        "",
-        f"Suite: {suite.about}",
-        "",
-        f"- command: `{command}`",
-        f"- machine: {machine}",
-        f"- date: {date}; {len(runs)} runs"
-        + (f" ({earlier} read back from an earlier invocation)" if earlier else "")
-        + f"; the bench took {seconds / 60:.1f} minutes",
-        "- accuracy: the global model on the global test set (mean ± sample sd over seeds); "
-        "clients: each client's deployed model on its own test split; (global): the global "
-        "model; (deployed): the clients' deployed models, mean over clients; bytes and "
-        "seconds over the whole run (the bench's first run also waits for the client "
-        "actors to start, later runs reuse them).",
-        "",
-    ]
-    for setup in suite.setups:
-        setup_rows = [r for r in rows if r["setup"] == setup.name]
-        if not setup_rows:
-            continue
-        seeds = len({r["seed"] for r in setup_rows})
-        lines += [
-            f"#### {setup.name}",
-            "",
-            f"{setup.why}; {seeds} seed(s). Settings: {setup.settings()}.",
-            "",
-        ]
-        if all(r.get("status") == "skipped" for r in setup_rows):
-            lines += [f"Skipped: {setup_rows[0].get('error')}", ""]
-            continue
-        lines += markdown_table(table, setup.name)
-        lines += ["", front_line(table, setup.name), ""]
-        lines += [f"![{p.stem}]({_link(p, link_from)})" for p in plots.get(setup.name, ())]
-        lines.append("")
-    unknown = sorted({str(r["method"]) for r in rows if r.get("status") == "unknown"})
-    if unknown:
-        lines += [
-            f"Methods unknown to this version (listed, not run): {', '.join(unknown)}.",
-            "",
-        ]
-    lines.append(f"<!-- bench:{suite.name} end -->")
-    return "\n".join(lines) + "\n"
-
-
-def update_benchmarks_md(path: Path, section: str) -> None:
-    """Put `section` into the markdown file at `path`: replace the same suite's block, or append.
-
-    The block is found by its `<!-- bench:SUITE start/end -->` markers, so text around it (by
-    hand) stays as it is.
-    """
-    match = re.match(r"<!-- bench:(\S+) start -->", section)
-    if match is None:
-        raise ValueError("section has no bench start marker")
-    suite = re.escape(match.group(1))
-    text = path.read_text() if path.is_file() else ""
-    block = re.compile(rf"<!-- bench:{suite} start -->.*?<!-- bench:{suite} end -->\n?", re.S)
-    if block.search(text):
-        text = block.sub(lambda _: section, text, count=1)
-    else:
-        text = (text.rstrip("\n") + "\n\n" if text else "") + section
-    path.write_text(text)
-
-
-def machine_line() -> str:
-    """What the figures were measured on: CPU, cores, memory, load, versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        found = re.search(r"model name\s*:\s*(.+)", info)
-        cpu = found.group(1).strip() if found else cpu
-    except OSError:
-        pass
-    load = f", load average {os.getloadavg()[0]:.1f} at start" if hasattr(os, "getloadavg") else ""
-    import flwr
-    import torch
-
-    gpu = "CUDA GPU" if torch.cuda.is_available() else "CPU only"
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {gpu}{load}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, flwr {flwr.__version__}, {platform.system()}"
-    )
-
-
 def _data_missing(setup: Setup, extra: Sequence[str]) -> str | None:
     """The loader's own message (it lists where it looked) when the setup's data is absent."""
     from fedrlprune.data.loaders import load_dataset
@@ -377,7 +307,7 @@ def _data_missing(setup: Setup, extra: Sequence[str]) -> str | None:
     return None
 
 
-def _out_of_time(elapsed: float, finished: Sequence[Mapping[str, Any]], budget: float) -> bool:
+def out_of_time(elapsed: float, finished: Sequence[Mapping[str, Any]], budget: float) -> bool:
     """Would one more run likely end after the budget? (a run takes the mean of those so far)"""
     times = [float(r["run_seconds"]) for r in finished]
     return elapsed + (sum(times) / len(times) if times else 0.0) > budget
@@ -387,16 +317,12 @@ def _run_dir(out: Path, setup: Setup, method: str, seed: int) -> Path:
     return out / "runs" / setup.name / method / f"seed-{seed}"
 
 
-def _default_out(suite: str) -> Path:
-    return Path("results") / f"bench-{suite}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def _link(path: Path, start: Path) -> str:
-    """A link that works from `start` (relative inside it, absolute outside)."""
-    try:
-        return path.resolve().relative_to(start.resolve()).as_posix()
-    except ValueError:
-        return path.resolve().as_posix()
+def _out_dir(out: str | Path | None, suite: str) -> Path:
+    """The bench folder (made): `out`, or a fresh one under results/."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(out) if out is not None else Path("results") / f"bench-{suite}-{stamp}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _mb(value: Any) -> float | None:

@@ -12,21 +12,19 @@ from typing import Any
 
 from fedrlprune.config import Config
 from fedrlprune.errors import ConfigError
+from fedrlprune.methods import METHODS as REGISTRY
 
-# Bench name -> config overrides. A name whose overrides this version's Config refuses (a method
-# or key another branch adds) is reported as unknown to this version, never silently dropped.
-METHODS: dict[str, dict[str, Any]] = {
-    "fedavg": {"method": "fedavg"},
-    "magnitude": {"method": "magnitude"},
-    "prunefl": {"method": "prunefl"},
-    "fedmp": {"method": "fedmp"},
-    "lotteryfl": {"method": "lotteryfl"},
-    "feddst": {"method": "feddst"},
-    "fedrlprune": {"method": "fedrlprune"},
+# The bench's ablations of the method: a name and its config overrides.
+VARIANTS: dict[str, dict[str, Any]] = {
     "rl-local": {"method": "fedrlprune", "rl_policy": "local"},
     "rl-central": {"method": "fedrlprune", "rl_policy": "central"},
     "fedrlprune-naive": {"method": "fedrlprune", "aggregation": "naive"},
 }
+# Bench name -> config overrides: every registered method (the reference first, the method
+# last, as the tables read), then the variants. A name whose overrides this version's Config
+# refuses is reported as unknown to this version, never silently dropped.
+ORDER = sorted(REGISTRY, key=lambda m: (m != "fedavg", m == "fedrlprune"))
+METHODS: dict[str, dict[str, Any]] = {m: {"method": m} for m in ORDER} | VARIANTS
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,14 @@ import numpy as np
 from fedrlprune.config import Config
 from fedrlprune.data.loaders import ArrayDataset, load_dataset
 from fedrlprune.errors import FedRLPruneError
-from fedrlprune.experiments.checkpoint import CHECKPOINT
-from fedrlprune.fl.training import set_state
+from fedrlprune.federation.checkpoint import CHECKPOINT
 from fedrlprune.models import ModelFactory, build_model
 from fedrlprune.pruning.compact import compact_model, export_onnx
 from fedrlprune.pruning.masks import apply_masks
 from fedrlprune.pruning.metrics import model_cost
 from fedrlprune.pruning.payload import encode, encoded_bytes
 from fedrlprune.state import Masks, State
+from fedrlprune.training import set_state
 
 
 def load_checkpoint(path: Path) -> tuple[State, Masks, dict[int, Masks]]:

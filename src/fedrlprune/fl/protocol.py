@@ -7,14 +7,17 @@ refusal instead of a crash deep inside PyTorch.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedrlprune.config import Config
+from fedrlprune.federation.messages import Orders, RLOrders
 from fedrlprune.pruning import payload
+from fedrlprune.rl.prune import policy_layout
 from fedrlprune.state import Masks, State
 
 # Record names inside a Message's RecordDict.
@@ -31,9 +34,46 @@ QUERY = "query"
 
 
 EXTRA = "call."  # prefix of per-call values, so they can never shadow a config key
+RL = "rl."  # prefix of the `RLOrders` fields among the per-call values
+_ARRAY_PARTS = ("masks", "core", "policy", "rl")  # Orders fields that are not plain scalars
 
 
-def config_record(cfg: Config, **extra: int | float | str) -> ConfigRecord:
+def pack_orders(cfg: Config, orders: Orders, state: State) -> RecordDict:
+    """One client's message content: the global model under `orders.masks`, the core and the
+    policy when the orders carry them, and the config with the orders' scalars."""
+    records: dict[str, ArrayRecord | ConfigRecord] = {ARRAYS: pack(state, orders.masks)}
+    if orders.core:
+        records[CORE] = pack_masks(orders.core)
+    if orders.policy is not None:
+        records[POLICY] = pack(orders.policy, {})
+    scalars = {
+        f.name: getattr(orders, f.name)
+        for f in dataclasses.fields(orders)
+        if f.name not in _ARRAY_PARTS
+    }
+    if orders.rl is not None:
+        scalars |= {RL + k: v for k, v in dataclasses.asdict(orders.rl).items()}
+    records[CONFIG] = config_record(cfg, **scalars)
+    return RecordDict(records)
+
+
+def unpack_orders(content: RecordDict, reference: State) -> tuple[Config, Orders, State]:
+    """The config, the orders and the global model (under the orders' masks) of a message;
+    PayloadError when an array does not fit the model."""
+    cfg, extra = config_from_record(content.config_records[CONFIG])
+    state, masks = unpack(content.array_records[ARRAYS], reference)
+    core = unpack_masks(content.array_records[CORE], reference) if CORE in content else {}
+    policy = None
+    if POLICY in content:
+        policy, _ = unpack(content.array_records[POLICY], policy_layout())
+    rl_values = {k.removeprefix(RL): v for k, v in extra.items() if k.startswith(RL)}
+    rl = RLOrders(**rl_values) if rl_values else None
+    scalars = {k: v for k, v in extra.items() if not k.startswith(RL)}
+    orders = Orders(masks=masks, core=core, policy=policy, rl=rl, **scalars)
+    return cfg, orders, state
+
+
+def config_record(cfg: Config, **extra: int | float | str | bool) -> ConfigRecord:
     """The run config (so clients need nothing else to rebuild their data) plus per-call values."""
     return ConfigRecord({**cfg.to_dict(), **{EXTRA + k: v for k, v in extra.items()}})
 
@@ -78,3 +118,8 @@ def unpack_masks(record: ArrayRecord, reference: Mapping[str, np.ndarray]) -> Ma
 def record_bytes(record: ArrayRecord) -> int:
     """Bytes of the record as Flower serialises it (array buffers plus their names)."""
     return record.count_bytes()
+
+
+def download_bytes(content: RecordDict) -> int:
+    """Bytes of every array record a message carries (the model, and the core and policy)."""
+    return sum(record_bytes(r) for r in content.array_records.values())

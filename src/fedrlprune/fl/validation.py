@@ -13,37 +13,15 @@ from a client is unpickled or run.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from flwr.app import RecordDict
 
 from fedrlprune.errors import PayloadError
+from fedrlprune.federation.messages import Expected, Reply
 from fedrlprune.fl import protocol
-from fedrlprune.state import Masks, State
-
-
-@dataclass(frozen=True)
-class Expected:
-    """What the server knows a reply of this client must look like."""
-
-    reference: State  # the global model's layout
-    sent_masks: Masks  # the mask the client was sent; its reply may prune more, never less
-    examples: int  # training samples the client's partition holds (from the handshake)
-    policy: State | None = None  # the Q-network's layout, when a policy may come back
-    importance: State | None = None  # PruneFL: layout of the squared gradients asked for
-    may_move: bool = False  # masks may move (prune and regrow) at constant density
-
-
-@dataclass(frozen=True)
-class Reply:
-    state: State
-    masks: Masks
-    metrics: dict[str, Any]
-    policy: State | None
-    upload_bytes: int
-    importance: State | None = None  # PruneFL: accumulated squared gradients per weight
+from fedrlprune.state import Masks
 
 
 def check_reply(content: RecordDict, expected: Expected) -> Reply:
@@ -54,9 +32,9 @@ def check_reply(content: RecordDict, expected: Expected) -> Reply:
     record = content.array_records[protocol.ARRAYS]
     state, masks = protocol.unpack(record, expected.reference)
     if expected.may_move:
-        _check_not_denser(masks, expected.sent_masks)
+        check_not_denser(masks, expected.sent_masks)
     else:
-        _check_monotone(masks, expected.sent_masks)
+        check_monotone(masks, expected.sent_masks)
     metrics = _check_metrics(dict(content.metric_records[protocol.METRICS]), expected.examples)
     policy = None
     if protocol.POLICY in content:
@@ -76,7 +54,7 @@ def check_reply(content: RecordDict, expected: Expected) -> Reply:
     return Reply(state, masks, metrics, policy, upload, importance)
 
 
-def _check_monotone(masks: Masks, sent: Masks) -> None:
+def check_monotone(masks: Masks, sent: Masks) -> None:
     """Pruned stays pruned: a reply may not keep what the mask it was sent had removed."""
     for name, mask in sent.items():
         got = masks.get(name)
@@ -89,7 +67,7 @@ def _check_monotone(masks: Masks, sent: Masks) -> None:
             raise PayloadError(f"{name}: keeps {revived} weights its mask had pruned")
 
 
-def _check_not_denser(masks: Masks, sent: Masks) -> None:
+def check_not_denser(masks: Masks, sent: Masks) -> None:
     """Masks may move, but no parameter may keep more entries than the mask it was sent."""
     for name, mask in sent.items():
         got = masks.get(name)

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from fedrlprune.devices import Budget
-from fedrlprune.fl.training import evaluate
 from fedrlprune.pruning.masks import MagnitudeRanking
 from fedrlprune.rl.agent import DQNAgent, DQNConfig, greedy_rates, train
 from fedrlprune.rl.env import OBS_DIM, ClientFeatures, LayerInfo, PruningEnv
 from fedrlprune.state import Masks, State
+from fedrlprune.training import evaluate
 
 # The actions: pruning rates, dense where sparsity is high (every step from 0.95 to 0.99 is a
 # 5x cut in what is left) and coarse where it is low. At pruning step s of S they are scaled by
@@ -84,22 +84,7 @@ def rl_prune(
     start = time.perf_counter()
     names = [layer.name for layer in layers]
     ranking = MagnitudeRanking(state, names, mode, masks or None)
-    base = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
-
-    seen: dict[tuple[float, ...], float] = {}  # greedy episodes repeat: evaluate each once
-
-    def accuracy(rates: dict[str, float]) -> float:
-        key = tuple(rates[name] for name in names)
-        if key in seen:
-            return seen[key]
-        pruned = ranking.masks(rates)
-        with torch.no_grad():
-            model.load_state_dict(
-                {k: base[k] * torch.from_numpy(pruned[k]) if k in pruned else base[k] for k in base}
-            )
-        seen[key] = evaluate(model, x_val, y_val)[1] if len(y_val) else 0.0
-        return seen[key]
-
+    accuracy = ValAccuracy(model, state, ranking, names, x_val, y_val)
     floor = {
         name: float(1.0 - masks[f"{name}.weight"].mean()) if f"{name}.weight" in masks else 0.0
         for name in names
@@ -131,9 +116,42 @@ def rl_prune(
         val_accuracy=float(info["accuracy"]),
         within_budget=bool(info["within_budget"]),
         episodes=settings.episodes if settings.learn else 0,
-        evaluations=len(seen),
+        evaluations=len(accuracy.seen),
         seconds=time.perf_counter() - start,
     )
+
+
+class ValAccuracy:
+    """Validation accuracy of the model pruned at given rates. Greedy episodes repeat the same
+    rates, so each rate vector is evaluated once; `seen` counts the distinct ones."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        state: State,
+        ranking: MagnitudeRanking,
+        names: list[str],
+        x_val: torch.Tensor,
+        y_val: torch.Tensor,
+    ) -> None:
+        self.model, self.ranking, self.names = model, ranking, names
+        self.x_val, self.y_val = x_val, y_val
+        self.base = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+        self.seen: dict[tuple[float, ...], float] = {}
+
+    def __call__(self, rates: dict[str, float]) -> float:
+        key = tuple(rates[name] for name in self.names)
+        if key not in self.seen:
+            self.seen[key] = self._evaluate(rates)
+        return self.seen[key]
+
+    def _evaluate(self, rates: dict[str, float]) -> float:
+        pruned, base = self.ranking.masks(rates), self.base
+        with torch.no_grad():
+            self.model.load_state_dict(
+                {k: base[k] * torch.from_numpy(pruned[k]) if k in pruned else base[k] for k in base}
+            )
+        return evaluate(self.model, self.x_val, self.y_val)[1] if len(self.y_val) else 0.0
 
 
 @cache

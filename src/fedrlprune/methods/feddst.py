@@ -31,10 +31,20 @@ not force budgets on it, and `budget_satisfaction` reports how many deployed mod
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from fedrlprune.federation.messages import Orders
+from fedrlprune.methods.base import ANY_VOTE, ClientData, Finished, Method, rate_metrics
+from fedrlprune.pruning.masks import apply_masks, magnitude_masks
+from fedrlprune.state import Masks, State
+from fedrlprune.training import StepHook, get_state, set_state
+
+if TYPE_CHECKING:
+    from fedrlprune.config import Config
 
 READJUST_RATIO = 0.5  # the paper's default share of kept weights moved per readjustment
 
@@ -87,3 +97,55 @@ def local_gradients(
         )
     model.zero_grad(set_to_none=True)
     return out
+
+
+class FedDST(Method):
+    """Sparse from the start; clients prune and regrow; the server re-prunes to the target."""
+
+    name = "feddst"
+    summary = "FedDST: prune and regrow at constant sparsity"
+    modes = ("unstructured",)
+    resumable = False  # resuming it is not tested yet
+    keeps_own_masks = False
+    may_move = True
+
+    def start(self, state: State, train_sizes: dict[int, int]) -> tuple[State, Masks]:
+        masks = magnitude_masks(state, dict.fromkeys(self.targets, self.cfg.prune_rate))
+        # The cosine anneals to zero just after the last readjustment round.
+        self.end = max(self.fleet.prune_rounds) + 1
+        return apply_masks(state, masks), masks
+
+    def masks_for(self, cid: int, rnd: int, state: State, global_masks: Masks) -> Masks:
+        return global_masks
+
+    def deploy_masks(self, cid: int, state: State, global_masks: Masks) -> Masks:
+        return global_masks
+
+    def orders(self, cid: int, rnd: int, state: State, masks: Masks, core: Masks) -> Orders:
+        ratio = readjust_ratio(rnd, self.end) if rnd in self.fleet.prune_rounds else 0.0
+        return Orders(round=rnd, masks=masks, core=core, readjust=ratio)
+
+    def merge_options(self) -> dict[str, Any]:
+        target = max(self.cfg.prune_rate, self.cfg.server_sparsity)
+        return {"vote_threshold": ANY_VOTE, "target_sparsity": target}
+
+    def merge(self, rnd: int, state: State, replies: dict[int, Any]) -> tuple[State, Masks]:
+        state, global_masks = super().merge(rnd, state, replies)
+        return apply_masks(state, global_masks), global_masks
+
+    @classmethod
+    def after_training(
+        cls, cfg: Config, data: ClientData, masks: Masks, hook: StepHook | None, orders: Orders
+    ) -> Finished:
+        """Move the mask: prune the weakest kept weights, regrow the strongest gradients."""
+        if orders.readjust <= 0.0 or not masks:
+            return Finished(masks, rate_metrics(masks))
+        names = [f"{t}.weight" for t in data.targets]
+        grads = local_gradients(data.model, data.x_train, data.y_train, names)
+        state = get_state(data.model)
+        moved = dict(masks)
+        for name in names:
+            moved[name] = prune_and_regrow(state[name], masks[name], grads[name], orders.readjust)
+        set_state(data.model, apply_masks(state, moved))  # regrown at zero, dropped zeroed
+        metrics = {"mask-moved": int(sum(int((moved[n] & ~masks[n]).sum()) for n in names))}
+        return Finished(moved, metrics | rate_metrics(moved))

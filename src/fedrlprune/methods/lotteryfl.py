@@ -27,10 +27,18 @@ not force budgets on it, and `budget_satisfaction` reports how many deployed mod
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
-from fedrlprune.pruning.masks import apply_masks
+from fedrlprune.federation.messages import Orders
+from fedrlprune.methods.base import ANY_VOTE, ClientData, Finished, Method, Pruned, rate_metrics
+from fedrlprune.pruning.masks import apply_masks, magnitude_masks
 from fedrlprune.state import Masks, State
+from fedrlprune.training import StepHook, evaluate, set_state
+
+if TYPE_CHECKING:
+    from fedrlprune.config import Config
 
 PRUNE_STEP = 0.2  # share of the weights still kept that one pruning step removes
 
@@ -58,3 +66,43 @@ def sparsity_of(masks: Masks, layers: list[str]) -> float:
     if not held or total == 0:
         return 0.0
     return 1.0 - sum(int(m.sum()) for m in held) / total
+
+
+class LotteryFL(Method):
+    """Personal masks; the global model keeps every weight some client keeps."""
+
+    name = "lotteryfl"
+    summary = "LotteryFL: personal lottery tickets, mask-count averaging"
+    aggregation = "lotteryfl"
+    modes = ("unstructured",)
+    resumable = False  # resuming it is not tested yet
+
+    def orders(self, cid: int, rnd: int, state: State, masks: Masks, core: Masks) -> Orders:
+        return Orders(round=rnd, masks=masks, core=core, learn=True)
+
+    def merge_options(self) -> dict[str, Any]:
+        return {"vote_threshold": ANY_VOTE, "target_sparsity": self.cfg.server_sparsity or None}
+
+    @classmethod
+    def prune(
+        cls, cfg: Config, data: ClientData, state: State, masks: Masks, orders: Orders
+    ) -> Pruned:
+        """Prune `PRUNE_STEP` further and rewind once the ticket is good enough."""
+        if not orders.learn:
+            return Pruned(state, masks)
+        set_state(data.model, state)
+        _, acc = evaluate(data.model, data.x_val, data.y_val)
+        sparsity = sparsity_of(masks, data.targets)
+        metrics: dict[str, Any] = {"val-accuracy-before": acc, "pruned-now": 0}
+        if not should_prune(acc, cfg.lottery_threshold, sparsity, cfg.prune_rate):
+            return Pruned(state, masks, metrics)
+        rate = next_rate(sparsity, cfg.prune_rate)
+        masks = magnitude_masks(state, dict.fromkeys(data.targets, rate), "unstructured", masks)
+        initial = reset_to_init(data.initial_state(cfg.seed), masks)
+        return Pruned(initial, masks, metrics | {"pruned-now": 1})
+
+    @classmethod
+    def after_training(
+        cls, cfg: Config, data: ClientData, masks: Masks, hook: StepHook | None, orders: Orders
+    ) -> Finished:
+        return Finished(masks, rate_metrics(masks))

@@ -3,8 +3,8 @@
 `checkpoint.npz` in the results folder is rewritten after every completed round and once more
 after deployment. It holds arrays only (no pickle): the global model (`state/...`), the global
 and per-client masks (`mask/global/...`, `mask/client<id>/...`, the layout `export` reads), the
-universal Q-network and, without federated RL, each client's own (`policy/universal/...`,
-`policy/client<id>/...`), and one JSON string (`meta`) with the scalars: the round, the
+method's own server state as named arrays (`method/...`, e.g. `fedrlprune`'s policies), and
+one JSON string (`meta`) with the scalars: the round, the
 config, the sampling generator's state, each client's seen rounds, the metrics and rates rows
 written so far and the dropped clients. It is written to a temporary file and renamed, so a
 server killed at any moment leaves either the previous checkpoint or the new one, never half.
@@ -24,14 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from fedrlprune.config import BASELINES, METHODS, Config
+from fedrlprune.config import Config
 from fedrlprune.errors import FedRLPruneError
+from fedrlprune.methods import METHODS
 from fedrlprune.state import Masks, State
 
-# The baselines' server plans (bandits, importance) are not in the checkpoint.
-RESUMABLE = tuple(m for m in METHODS if m not in BASELINES)
+# The methods whose whole server state the checkpoint holds (others keep e.g. bandits).
+RESUMABLE = tuple(name for name, method in METHODS.items() if method.resumable)
 CHECKPOINT = "checkpoint.npz"
-FORMAT = 1  # bump when the layout changes; older checkpoints are refused by name
+FORMAT = 2  # bump when the layout changes; older checkpoints are refused by name
 
 
 @dataclass
@@ -44,8 +45,7 @@ class RunState:
     global_masks: Masks
     client_masks: dict[int, Masks]
     seen_rounds: dict[int, list[int]]
-    universal: State
-    own_policies: dict[int, State]
+    method: dict[str, np.ndarray]  # the method's server state (`Method.snapshot`)
     rng_state: dict[str, Any]  # numpy bit generator state of the client sampling
     rows: list[dict[str, Any]]  # metrics.csv rows of rounds 1..round
     rates: list[dict[str, Any]]  # rates.csv rows of rounds 1..round
@@ -61,9 +61,7 @@ def save_run_state(path: Path, run: RunState) -> None:
     arrays |= {f"mask/global/{k}": v for k, v in run.global_masks.items()}
     for cid, masks in run.client_masks.items():
         arrays |= {f"mask/client{cid}/{k}": v for k, v in masks.items()}
-    arrays |= {f"policy/universal/{k}": v for k, v in run.universal.items()}
-    for cid, weights in run.own_policies.items():
-        arrays |= {f"policy/client{cid}/{k}": v for k, v in weights.items()}
+    arrays |= {f"method/{k}": v for k, v in run.method.items()}
     meta = {
         "format": FORMAT,
         "round": run.round,
@@ -108,8 +106,7 @@ def load_run_state(path: Path) -> RunState:
             global_masks=tree.get("mask", {}).get("global", {}),
             client_masks=_by_client(tree.get("mask", {})),
             seen_rounds={int(c): [int(r) for r in v] for c, v in meta["seen_rounds"].items()},
-            universal=tree.get("policy", {}).get("universal", {}),
-            own_policies=_by_client(tree.get("policy", {})),
+            method=tree.get("method", {}).get("", {}),
             rng_state=meta["rng_state"],
             rows=list(meta["rows"]),
             rates=list(meta["rates"]),
@@ -172,7 +169,7 @@ def _split(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, dict[str, np.nd
     tree: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for key, value in arrays.items():
         kind, _, rest = key.partition("/")
-        who, name = ("", rest) if kind == "state" else rest.split("/", 1)
+        who, name = ("", rest) if kind in ("state", "method") else rest.split("/", 1)
         tree.setdefault(kind, {}).setdefault(who, {})[name] = value
     return tree
 

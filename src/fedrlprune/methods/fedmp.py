@@ -32,8 +32,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from fedrlprune.devices import within_budget
+from fedrlprune.federation.messages import Orders, Reply
+from fedrlprune.methods.base import ClientData, Finished, Method, rate_metrics
+from fedrlprune.pruning.masks import apply_masks, magnitude_masks
+from fedrlprune.state import Masks, State
+from fedrlprune.training import StepHook, evaluate
+
+if TYPE_CHECKING:
+    from fedrlprune.config import Config
 
 ARMS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # pruning ratios a bandit chooses from
 DISCOUNT = 0.9  # weight of older rewards: the best ratio moves as the model trains
@@ -94,3 +106,64 @@ def feasible_arms(arms: Sequence[float], fits: Callable[[float], bool]) -> tuple
     """The ratios whose sub-model fits (by `fits`); the largest ratio alone when none does."""
     ok = tuple(a for a in arms if fits(a))
     return ok or (max(arms),)
+
+
+class FedMP(Method):
+    """A bandit per client picks its sub-model's ratio; structured sub-models cut on the server."""
+
+    name = "fedmp"
+    summary = "FedMP: a bandit per client picks its structured sub-model's ratio"
+    aggregation = "residual"
+    always_structured = True
+    resumable = False  # the bandits are not in the checkpoint
+
+    def start(self, state: State, train_sizes: dict[int, int]) -> tuple[State, Masks]:
+        def fits(cid: int, ratio: float) -> bool:
+            cost = self.fleet.facts.cost(apply_masks(state, self._cut(state, ratio)))
+            limit = self.fleet.clients[cid].budget
+            return within_budget(limit, cost.effective_flops, cost.nonzero_params)
+
+        self.bandits = {
+            rec.cid: DiscountedUCB(feasible_arms(ARMS, partial(fits, rec.cid)))
+            for rec in self.fleet.clients
+        }
+        self.played: dict[int, int] = {}
+        return state, {}
+
+    def _cut(self, state: State, ratio: float) -> Masks:
+        if ratio <= 0.0:
+            return {}
+        return magnitude_masks(state, dict.fromkeys(self.targets, ratio), "structured")
+
+    def masks_for(self, cid: int, rnd: int, state: State, global_masks: Masks) -> Masks:
+        arm = self.bandits[cid].choose()
+        self.played[cid] = arm
+        return self._cut(state, self.bandits[cid].arms[arm])
+
+    def deploy_masks(self, cid: int, state: State, global_masks: Masks) -> Masks:
+        bandit = self.bandits[cid]
+        return self._cut(state, bandit.arms[bandit.best()])
+
+    def orders(self, cid: int, rnd: int, state: State, masks: Masks, core: Masks) -> Orders:
+        return Orders(round=rnd, masks=masks, core=core, loss_delta=True)
+
+    def observe(self, cid: int, reply: Reply, seconds: float) -> None:
+        before = float(reply.metrics.get("loss-before", float("nan")))
+        after = float(reply.metrics.get("loss-after", float("nan")))
+        self.bandits[cid].update(self.played[cid], reward(before, after, seconds))
+
+    @classmethod
+    def before_training(cls, cfg: Config, data: ClientData, orders: Orders) -> dict[str, Any]:
+        """The training loss of the sub-model as received, for the bandit's reward."""
+        if not orders.loss_delta:
+            return {}
+        return {"loss-before": evaluate(data.model, data.x_train, data.y_train)[0]}
+
+    @classmethod
+    def after_training(
+        cls, cfg: Config, data: ClientData, masks: Masks, hook: StepHook | None, orders: Orders
+    ) -> Finished:
+        metrics: dict[str, Any] = {}
+        if orders.loss_delta:
+            metrics["loss-after"] = evaluate(data.model, data.x_train, data.y_train)[0]
+        return Finished(masks, metrics | rate_metrics(masks))

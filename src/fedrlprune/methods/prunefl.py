@@ -36,11 +36,22 @@ sizes the model for round time, not for the weakest device. We do not force budg
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch import nn
 
-from fedrlprune.devices import DeviceProfile, training_flops
+from fedrlprune.devices import TIERS, DeviceProfile, training_flops
+from fedrlprune.federation.messages import Orders, Reply
+from fedrlprune.methods.base import ClientData, Finished, Method, rate_metrics
+from fedrlprune.pruning.masks import MaskEnforcer, apply_masks
 from fedrlprune.state import Masks, State
+from fedrlprune.training import StepHook
+
+if TYPE_CHECKING:
+    from fedrlprune.config import Config
 
 DECREASE_SHARE = 0.3  # share of a layer's kept weights that may be dropped per readjustment
 BYTES_PER_WEIGHT = 4  # float32 on the wire
@@ -140,3 +151,121 @@ def summed_importance(replies: list[State]) -> State:
 def as_layer_masks(masks: Masks, layers: list[str]) -> dict[str, np.ndarray]:
     """`{layer: mask}` from the state-dict keyed masks (`layer.weight`)."""
     return {layer: masks[f"{layer}.weight"] for layer in layers if f"{layer}.weight" in masks}
+
+
+class PruneFL(Method):
+    """One shared mask, readjusted at the pruning rounds from the clients' squared gradients."""
+
+    name = "prunefl"
+    summary = "PruneFL: one mask readjusted by gradient importance per second of round time"
+    modes = ("unstructured",)
+    resumable = False  # the pending importance is not in the checkpoint
+    keeps_own_masks = False
+
+    def start(self, state: State, train_sizes: dict[int, int]) -> tuple[State, Masks]:
+        # The round time PruneFL minimises is the slowest client's: the slowest tier present,
+        # training the average client's samples for the run's local epochs.
+        facts = self.fleet.facts
+        tiers = {rec.tier for rec in self.fleet.clients}
+        slowest = min((TIERS[t] for t in tiers), key=lambda p: p.flops_per_second)
+        samples = int(np.mean(list(train_sizes.values()))) * self.cfg.local_epochs
+        weights = {t: facts.weights[t] for t in self.targets}
+        self.seconds = seconds_per_weight(facts.layer_flops, weights, slowest, samples)
+        self.base_seconds = fixed_seconds(
+            facts.total_flops, facts.dense_params, facts.layer_flops, weights, slowest, samples
+        )
+        self.pending: dict[int, tuple[State, float]] = {}
+        self.masks: Masks = {}
+        self.reference = {f"{t}.weight": state[f"{t}.weight"] for t in self.targets}
+        return state, {}
+
+    def importance_layout(self, rnd: int) -> State | None:
+        return self.reference if rnd + 1 in self.fleet.prune_rounds else None
+
+    def masks_for(self, cid: int, rnd: int, state: State, global_masks: Masks) -> Masks:
+        return self.masks
+
+    def deploy_masks(self, cid: int, state: State, global_masks: Masks) -> Masks:
+        return self.masks
+
+    def orders(self, cid: int, rnd: int, state: State, masks: Masks, core: Masks) -> Orders:
+        asked = self.importance_layout(rnd) is not None
+        return Orders(round=rnd, masks=masks, core=core, importance=asked)
+
+    def observe(self, cid: int, reply: Reply, seconds: float) -> None:
+        if reply.importance is not None:
+            rest = float(reply.metrics.get("importance-rest", 0.0))
+            self.pending[cid] = (reply.importance, rest)
+
+    def before_round(self, rnd: int, state: State, global_masks: Masks) -> tuple[State, Masks]:
+        if rnd not in self.fleet.prune_rounds or not self.pending:
+            return state, global_masks
+        replies = [self.pending[c] for c in sorted(self.pending)]
+        summed = summed_importance([imp for imp, _ in replies])
+        state = apply_masks(state, self.masks)  # regrown weights start from zero
+        layers = readjust(
+            {t: state[f"{t}.weight"] for t in self.targets},
+            as_layer_masks(self.masks, self.targets),
+            {t: summed[f"{t}.weight"] for t in self.targets},
+            self.seconds,
+            self.base_seconds,
+            base_importance=sum(rest for _, rest in replies),
+        )
+        self.masks = {f"{t}.weight": mask for t, mask in layers.items()}
+        self.pending = {}
+        return apply_masks(state, self.masks), dict(self.masks)
+
+    def merge(self, rnd: int, state: State, replies: dict[int, Reply]) -> tuple[State, Masks]:
+        state, _ = super().merge(rnd, state, replies)
+        return state, dict(self.masks)
+
+    @classmethod
+    def training_hook(
+        cls, cfg: Config, data: ClientData, masks: Masks, orders: Orders
+    ) -> StepHook | None:
+        if orders.importance:
+            return ImportanceHook(data.model, masks, [f"{t}.weight" for t in data.targets])
+        return super().training_hook(cfg, data, masks, orders)
+
+    @classmethod
+    def after_training(
+        cls, cfg: Config, data: ClientData, masks: Masks, hook: StepHook | None, orders: Orders
+    ) -> Finished:
+        metrics: dict[str, Any] = rate_metrics(masks)
+        if not isinstance(hook, ImportanceHook):
+            return Finished(masks, metrics)
+        importance = {n: t.detach().cpu().numpy().copy() for n, t in hook.sums.items()}
+        return Finished(masks, metrics | {"importance-rest": hook.rest}, importance)
+
+
+@dataclass
+class ImportanceHook:
+    """Sums every weight's squared gradient over the local steps, pruned weights included (read
+    before the mask zeroes their gradient), then enforces the mask."""
+
+    model: nn.Module
+    masks: Masks
+    names: list[str]
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    rest: float = 0.0  # squared gradients of every other parameter, summed
+
+    def __post_init__(self) -> None:
+        self.enforcer = MaskEnforcer(self.model, self.masks) if self.masks else None
+        self.params = dict(self.model.named_parameters())
+        self.sums = {n: torch.zeros_like(self.params[n]) for n in self.names}
+
+    def before_step(self) -> None:
+        with torch.no_grad():
+            for name, param in self.params.items():
+                if param.grad is None:
+                    continue
+                if name in self.sums:
+                    self.sums[name] += param.grad.square()
+                else:
+                    self.rest += float(param.grad.square().sum())
+        if self.enforcer is not None:
+            self.enforcer.before_step()
+
+    def after_step(self) -> None:
+        if self.enforcer is not None:
+            self.enforcer.after_step()

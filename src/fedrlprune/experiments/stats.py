@@ -1,0 +1,180 @@
+"""The figures of a run as pure functions: one round's metrics.csv row, and summary.json.
+
+`federation/server.py` hands over what a round or the deployment produced; nothing here knows
+Flower or a method. Means skip what could not be measured (NaN), so a client that dropped out
+does not turn a mean into NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedrlprune.federation.messages import Reply
+from fedrlprune.pruning.metrics import ModelCost
+
+Drops = dict[int, tuple[str, str]]  # client -> (reason: error, timeout or refused; detail)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What one round did, as the server saw it."""
+
+    round: int
+    chosen: list[int]
+    accepted: dict[int, Reply]
+    lost: Drops  # failed, timed out or refused
+    updated: bool  # enough replies to update the global model
+    download_bytes: dict[int, int]  # per chosen client, every record it was sent
+    sim_seconds: float  # the slowest accepted client's device-simulated round
+    sim_joules: float  # every accepted client's device-simulated energy
+    test_loss: float  # the global model on the global test set (NaN when not evaluated)
+    test_accuracy: float
+    cost: ModelCost  # the global model under the global mask
+    sparsity: float  # share of zero weights over the pruned layers
+
+
+def round_row(out: RoundOutcome, dense_upload: int, seconds: float) -> dict[str, Any]:
+    """The metrics.csv row of one round (`dense_upload`: bytes of one dense model)."""
+    metrics = [r.metrics for r in out.accepted.values()]
+    weights = [float(m["num-examples"]) for m in metrics]
+    upload = sum(r.upload_bytes for r in out.accepted.values())
+    return {
+        "round": out.round,
+        "clients_selected": len(out.chosen),
+        "clients_replied": len(out.accepted),
+        "clients_failed": len(out.chosen) - len(out.accepted),
+        "clients_dropped": ";".join(str(c) for c in sorted(out.lost)),
+        "global_updated": int(out.updated),
+        "train_loss": weighted_mean([float(m["train-loss"]) for m in metrics], weights),
+        "test_loss": out.test_loss,
+        "test_accuracy": out.test_accuracy,
+        "sparsity": out.sparsity,
+        "nonzero_params": out.cost.nonzero_params,
+        "effective_flops": out.cost.effective_flops,
+        "upload_bytes": upload,
+        "upload_vs_dense": upload / (dense_upload * max(len(out.accepted), 1)),
+        "download_bytes": sum(out.download_bytes.values()),
+        "round_seconds": seconds,
+        "client_train_seconds_mean": mean([float(m["train-seconds"]) for m in metrics]),
+        "rl_seconds_mean": mean([float(m["rl-seconds"]) for m in metrics if "rl-seconds" in m]),
+        "rl_episodes": sum(int(m.get("rl-episodes", 0)) for m in metrics),
+        "rl_evaluations": sum(int(m.get("rl-evaluations", 0)) for m in metrics),
+        "sim_seconds": out.sim_seconds,
+        "sim_joules": out.sim_joules,
+    }
+
+
+def layer_rates(metrics: dict[str, Any]) -> dict[str, float]:
+    """The per-layer rates a reply reports (`rate/<layer>` metrics), for rates.csv."""
+    return {k.removeprefix("rate/"): float(v) for k, v in metrics.items() if k.startswith("rate/")}
+
+
+def round_line(row: dict[str, Any]) -> str:
+    """One round in a few words, for the progress display."""
+    acc = row["test_accuracy"]
+    shown = "" if np.isnan(acc) else f"acc {acc:.4f}  "
+    return f"{shown}up {row['upload_bytes'] / 1e6:.2f} MB  {row['round_seconds']:.1f}s"
+
+
+def summary(
+    rows: list[dict[str, Any]],
+    per_client: list[dict[str, Any]],
+    cost: ModelCost,
+    pruned_density: float,
+    failed: set[int],
+) -> dict[str, Any]:
+    """summary.json's figures from the rounds' rows and the deployed clients' entries;
+    `cost` and `pruned_density` are the global model's under the global mask."""
+    accs = [r["test_accuracy"] for r in rows if not np.isnan(r["test_accuracy"])]
+    local = [c["accuracy_local_test"] for c in per_client]
+    deployed_params = mean([c["nonzero_params"] for c in per_client])
+    deployed_flops = mean([c["effective_flops"] for c in per_client])
+    return {
+        "rounds_completed": len(rows),
+        "final_accuracy": accs[-1],
+        "best_accuracy": max(accs),
+        "client_accuracy_mean": mean(local),
+        "client_accuracy_worst10": worst_decile(local),
+        "dense_params": cost.dense_params,
+        "nonzero_params": cost.nonzero_params,
+        "param_reduction": cost.param_reduction,
+        "dense_flops": cost.dense_flops,
+        "effective_flops": cost.effective_flops,
+        "flops_reduction": cost.flops_reduction,
+        "pruned_layers_density": pruned_density,
+        "layer_density": cost.layer_density,
+        "deployed_accuracy_mean": mean([c["accuracy_global_test"] for c in per_client]),
+        "deployed_nonzero_params_mean": deployed_params,
+        "deployed_effective_flops_mean": deployed_flops,
+        "deployed_param_reduction": cost.dense_params / deployed_params,
+        "deployed_flops_reduction": cost.dense_flops / deployed_flops,
+        "budget_satisfaction": mean([float(c["within_budget"]) for c in per_client]),
+        **groups(per_client),
+        **totals(rows),
+        "failed_clients": sorted(
+            failed | {c["client"] for c in per_client if np.isnan(c["accuracy_local_test"])}
+        ),
+        "per_client": per_client,
+    }
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Sums over the rounds: time, the agent's work, bytes and simulated device cost."""
+    return {
+        "train_seconds_total": sum(
+            r["client_train_seconds_mean"] * r["clients_replied"]
+            for r in rows
+            if r["clients_replied"]
+        ),
+        "rl_seconds_total": sum(
+            r["rl_seconds_mean"] * r["clients_replied"]
+            for r in rows
+            if not np.isnan(r["rl_seconds_mean"])
+        ),
+        "rl_episodes_total": sum(r["rl_episodes"] for r in rows),
+        "rl_evaluations_total": sum(r["rl_evaluations"] for r in rows),
+        "upload_bytes_total": sum(r["upload_bytes"] for r in rows),
+        "upload_vs_dense_last_round": rows[-1]["upload_vs_dense"],
+        "download_bytes_total": sum(r["download_bytes"] for r in rows),
+        "sim_seconds_total": sum(r["sim_seconds"] for r in rows),
+        "sim_joules_total": sum(r["sim_joules"] for r in rows),
+    }
+
+
+def groups(per_client: list[dict[str, Any]]) -> dict[str, float]:
+    """Budget satisfaction and deployed accuracy of the clients that trained the policy and of
+    the held-out ones, side by side: the generalisation the universal policy claims."""
+    out = {}
+    for name, heldout in (("trained", False), ("heldout", True)):
+        group = [c for c in per_client if c["heldout"] == heldout]
+        out[f"budget_satisfaction_{name}"] = mean([float(c["within_budget"]) for c in group])
+        out[f"deployed_accuracy_{name}"] = mean([c["accuracy_global_test"] for c in group])
+    return out
+
+
+def drop_entries(drops: Drops) -> list[dict[str, Any]]:
+    """Dropped clients as summary.json lists them: client, reason, detail, in client order."""
+    return [
+        {"client": cid, "reason": reason, "detail": detail}
+        for cid, (reason, detail) in sorted(drops.items())
+    ]
+
+
+def weighted_mean(values: list[float], weights: list[float]) -> float:
+    return float(np.average(values, weights=weights)) if values else float("nan")
+
+
+def mean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def worst_decile(values: list[float]) -> float:
+    """Mean accuracy of the worst 10% of clients (at least one): the clients a mean hides."""
+    finite = sorted(v for v in values if np.isfinite(v))
+    if not finite:
+        return float("nan")
+    return float(np.mean(finite[: max(1, len(finite) // 10)]))

@@ -1,0 +1,120 @@
+"""A client's side of one round, without Flower: the method prunes, the client trains, the
+method finishes; at deployment the method prunes to the final budget and the client evaluates.
+
+`fl/client_app.py` only unpacks the message, calls `train_round` or `deploy`, and packs what
+they return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedrlprune.data.federated import federate, federate_named
+from fedrlprune.data.loaders import ArrayDataset
+from fedrlprune.federation.messages import Orders
+from fedrlprune.methods import METHODS
+from fedrlprune.methods.base import ClientData
+from fedrlprune.models import ModelFactory, build_model
+from fedrlprune.pruning.masks import pruning_targets
+from fedrlprune.state import Masks, State
+from fedrlprune.training import as_tensors, evaluate, get_state, round_lr, set_state, train
+
+if TYPE_CHECKING:
+    from fedrlprune.config import Config
+
+
+@dataclass(frozen=True)
+class Update:
+    """What a client sends back: its model under its mask, metrics, and the method's extras."""
+
+    state: State
+    masks: Masks
+    metrics: dict[str, Any]
+    policy: State | None = None
+    importance: State | None = None
+
+
+def train_round(
+    cfg: Config, data: ClientData, state: State, masks: Masks, orders: Orders
+) -> Update:
+    """Prune (the method's rule), train locally with the method's step hook, finish."""
+    method = METHODS[cfg.method]
+    cid = int(data.stats["client"])
+    pruned = method.prune(cfg, data, state, masks, orders)
+    set_state(data.model, pruned.state)
+    metrics = dict(pruned.metrics) | method.before_training(cfg, data, orders)
+    hook = method.training_hook(cfg, data, pruned.masks, orders)
+    result = train(
+        data.model,
+        data.x_train,
+        data.y_train,
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        lr=round_lr(cfg.lr, cfg.lr_schedule, orders.round, cfg.rounds),
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed * 1_000_003 + orders.round * 10_007 + cid,
+        hook=hook,
+        core=core_within(orders.core, pruned.masks),
+    )
+    done = method.after_training(cfg, data, pruned.masks, hook, orders)
+    metrics |= done.metrics | {
+        "partition-id": cid,
+        "num-examples": len(data.y_train),
+        "epochs": cfg.local_epochs,
+        "train-loss": result.loss,
+        "train-seconds": result.seconds,
+    }
+    return Update(get_state(data.model), done.masks, metrics, pruned.policy, done.importance)
+
+
+def deploy(cfg: Config, data: ClientData, state: State, masks: Masks, orders: Orders) -> Update:
+    """Prune the final global model to this client's final budget (the method's rule, the policy
+    as it is), evaluate it on the local test split."""
+    pruned = METHODS[cfg.method].prune(cfg, data, state, masks, orders)
+    set_state(data.model, pruned.state)
+    loss, acc = evaluate(data.model, data.x_test, data.y_test)
+    metrics = dict(pruned.metrics) | {
+        "partition-id": int(data.stats["client"]),
+        "num-examples": len(data.y_test),
+        "test-loss": loss,
+        "test-accuracy": acc,
+    }
+    return Update(pruned.state, pruned.masks, metrics)
+
+
+def client_data(
+    cfg: Config, cid: int, model_fn: ModelFactory | None, data: ArrayDataset | None
+) -> ClientData:
+    """Client `cid`'s splits (from the config alone) and a fresh model."""
+    fed = federate(cfg, data) if data is not None else federate_named(cfg)
+    x_tr, y_tr, x_va, y_va, x_te, y_te = fed.client(cid)
+    ds = fed.dataset
+    factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
+    model = factory(ds.input_shape, ds.num_classes)
+    return ClientData(
+        model,
+        *as_tensors(x_tr, y_tr),
+        *as_tensors(x_va, y_va),
+        *as_tensors(x_te, y_te),
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+        stats=fed.client_stats(cid),
+        targets=pruning_targets(model, cfg.skip_list()),
+        factory=factory,
+    )
+
+
+def core_within(core: Masks, masks: Masks) -> Masks | None:
+    """The core sub-network to train beside the client's own model: the core the server sent,
+    within the client's own mask; None when none came or it is the client's model itself."""
+    if not core:
+        return None
+    inside = {k: m & masks[k] if k in masks else m for k, m in core.items()}
+    same = inside.keys() == masks.keys() and all(
+        np.array_equal(inside[k], masks[k]) for k in inside
+    )
+    return None if same else inside

@@ -1,0 +1,236 @@
+"""The federation's server, without Flower: its state, one round as named steps, deployment.
+
+A round: `sample` clients (by client id, from the seed) -> `orders` for each (the method's
+mask and orders) -> the transport delivers them and checks the replies against `expected` ->
+`settle` (simulated device cost, what the method learns, the merge when at least `min_clients`
+replies were accepted, the evaluation) -> `snapshot` for the checkpoint. At the end,
+`deploy_orders` for every client, and `deployed` turns their answers into per-client figures.
+`fl/server_app.py` drives these steps over Flower; a test can drive them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedrlprune.devices import TIERS, simulated_round, training_flops
+from fedrlprune.experiments.stats import Drops, RoundOutcome, drop_entries
+from fedrlprune.federation.checkpoint import RunState
+from fedrlprune.federation.fleet import Fleet, ModelFacts
+from fedrlprune.federation.messages import Expected, Orders, Reply
+from fedrlprune.methods import METHODS
+from fedrlprune.pruning.masks import apply_masks
+from fedrlprune.state import Masks, State
+from fedrlprune.training import evaluate, get_state, set_state
+
+if TYPE_CHECKING:
+    from fedrlprune.config import Config
+
+log = logging.getLogger("fedrlprune")
+
+
+class Federation:
+    """The server's state: global model and mask, fleet and budgets, the method, sampling."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        input_shape: tuple[int, ...],
+        test: tuple[torch.Tensor, torch.Tensor],
+        resume: RunState | None = None,
+    ) -> None:
+        self.cfg, self.model, self.test = cfg, model, test
+        self.facts = ModelFacts.of(model, input_shape, cfg.skip_list(), cfg.structured)
+        self.fleet = Fleet(cfg, self.facts)
+        self.method = METHODS[cfg.method](cfg, self.fleet)
+        self.state: State = get_state(model)
+        self.global_masks: Masks = {}
+        self.rng = np.random.default_rng(cfg.seed)
+        self.failed: set[int] = set()
+        self.dropped: dict[str, list[dict[str, Any]]] = {}  # round (or "deploy") -> dropped
+        self.done = 0  # rounds completed (in earlier sessions, when resumed)
+        self.train_sizes: dict[int, int] = {}
+        if resume is not None:
+            self._restore(resume)
+
+    def _restore(self, run: RunState) -> None:
+        self.state, self.global_masks = run.state, run.global_masks
+        for cid, rec in enumerate(self.fleet.clients):
+            rec.masks = run.client_masks.get(cid)
+            rec.seen_rounds = list(run.seen_rounds.get(cid, []))
+        self.method.restore(run.method)
+        self.rng.bit_generator.state = run.rng_state
+        self.failed, self.dropped, self.done = set(run.failed), dict(run.dropped), run.round
+
+    # ------------------------------------------------------------------------- one round
+
+    def start(self, train_sizes: dict[int, int]) -> None:
+        """Once the clients have said how many training samples each holds."""
+        self.train_sizes = train_sizes
+        self.state, self.global_masks = self.method.start(self.state, train_sizes)
+
+    def sample(self, rnd: int) -> list[int]:
+        """The clients of round `rnd`, in client order (the same for the same seed)."""
+        size = self.cfg.per_round()
+        return sorted(self.rng.choice(self.cfg.clients, size=size, replace=False).tolist())
+
+    def orders(self, rnd: int, chosen: list[int]) -> dict[int, Orders]:
+        """What each chosen client gets: the global model under the method's mask for it, and
+        the method's orders."""
+        m = self.method
+        self.state, self.global_masks = m.before_round(rnd, self.state, self.global_masks)
+        masks = {c: m.masks_for(c, rnd, self.state, self.global_masks) for c in chosen}
+        core = m.core()
+        return {c: m.orders(c, rnd, self.state, masks[c], core) for c in chosen}
+
+    def expected(self, rnd: int, cid: int, orders: Orders) -> Expected:
+        """What a reply to `orders` must look like (checked before it touches anything)."""
+        return Expected(
+            self.state,
+            orders.masks,
+            self.train_sizes[cid],
+            orders.policy,
+            self.method.importance_layout(rnd),
+            self.method.may_move,
+        )
+
+    def settle(
+        self,
+        rnd: int,
+        orders: dict[int, Orders],
+        accepted: dict[int, Reply],
+        lost: Drops,
+        download: dict[int, int],
+    ) -> RoundOutcome:
+        """Take in the round's accepted replies: their simulated device cost, what the method
+        learns from them, the merge (with at least `min_clients`), then evaluate."""
+        self.failed.update(lost)
+        if lost:
+            self.dropped[str(rnd)] = drop_entries(lost)
+        seconds, joules = 0.0, 0.0
+        for cid, reply in accepted.items():
+            secs, jls = self.simulated(cid, reply, download[cid], orders[cid].core)
+            self.method.observe(cid, reply, secs)
+            seconds, joules = max(seconds, secs), joules + jls
+        updated = len(accepted) >= self.cfg.min_clients
+        if updated:
+            self._merge(rnd, accepted)
+        else:
+            log.warning(
+                "round %d: %d accepted replies, fewer than min_clients=%d: the global model, "
+                "masks and policy stay as they were",
+                rnd,
+                len(accepted),
+                self.cfg.min_clients,
+            )
+        self.done = rnd
+        loss, acc = self.evaluate() if self._evaluates(rnd) else (float("nan"),) * 2
+        deployed = self.global_model()
+        return RoundOutcome(
+            rnd, list(orders), accepted, lost, updated, download, seconds, joules, loss, acc,
+            self.facts.cost(deployed), self.facts.sparsity(deployed),
+        )  # fmt: skip
+
+    def _merge(self, rnd: int, accepted: dict[int, Reply]) -> None:
+        for cid, reply in accepted.items():
+            if self.method.keeps_own_masks:
+                self.fleet.clients[cid].masks = reply.masks or None
+            self.fleet.clients[cid].seen_rounds.append(rnd)
+        self.state, self.global_masks = self.method.merge(rnd, self.state, accepted)
+
+    def _evaluates(self, rnd: int) -> bool:
+        return rnd % self.cfg.eval_every == 0 or rnd == self.cfg.rounds
+
+    def evaluate(self, state: State | None = None) -> tuple[float, float]:
+        """Loss and accuracy on the global test set of `state` (default: the global model
+        under the global mask)."""
+        set_state(self.model, self.global_model() if state is None else state)
+        return evaluate(self.model, *self.test)
+
+    def global_model(self) -> State:
+        """The global model as deployed: under the global mask."""
+        return apply_masks(self.state, self.global_masks)
+
+    def simulated(self, cid: int, reply: Reply, download: int, core: Masks) -> tuple[float, float]:
+        """Device-simulated (seconds, joules) of this client's round on its tier, every record it
+        was sent counted in its download. The reply's state is already zero where its mask
+        prunes, so its compute is the pruned model's, plus the core's forward and backward pass
+        when the client trained it too (a core smaller than its own model)."""
+        own = self.facts.cost(reply.state)
+        flops = own.effective_flops
+        if core:
+            # the client's rule (federation/client.core_within): it trains the core within its
+            # own mask unless that is its whole model, i.e. unless it keeps as many weights
+            sub = self.facts.cost(apply_masks(reply.state, core))
+            if sub.nonzero_params < own.nonzero_params:
+                flops += sub.effective_flops
+        samples = int(reply.metrics["num-examples"]) * int(reply.metrics.get("epochs", 1))
+        profile = TIERS[self.fleet.clients[cid].tier]
+        return simulated_round(
+            profile, training_flops(flops, samples), reply.upload_bytes, download
+        )
+
+    # ------------------------------------------------------------------------- deployment
+
+    def deploy_orders(self) -> dict[int, Orders]:
+        """Every client (held out or never selected too) prunes the final global model to its
+        final budget by the method's rule."""
+        m = self.method
+        masks = {c: m.deploy_masks(c, self.state, self.global_masks) for c in self.everyone}
+        return {c: m.deploy_orders(c, self.state, masks[c]) for c in self.everyone}
+
+    @property
+    def everyone(self) -> list[int]:
+        return list(range(self.cfg.clients))
+
+    def deployed(
+        self, answers: dict[int, tuple[Masks, float]], lost: Drops
+    ) -> list[dict[str, Any]]:
+        """Per-client figures of the deployed models. `answers`: each answering client's mask
+        and local test accuracy; a client that did not answer keeps the mask the server knows
+        and no local accuracy."""
+        if lost:
+            self.dropped["deploy"] = drop_entries(lost)
+        per_client = []
+        for cid in self.everyone:
+            masks, local = answers.get(cid, ({}, float("nan")))
+            rec = self.fleet.clients[cid]
+            rec.masks = masks or rec.masks
+            deployed = self.fleet.deployed(cid, self.state, self.global_masks)
+            entry = self.fleet.report(cid, deployed)
+            entry["accuracy_global_test"] = self.evaluate(deployed)[1]
+            entry["accuracy_local_test"] = local
+            per_client.append(entry)
+        return per_client
+
+    def snapshot(
+        self,
+        rows: list[dict[str, Any]],
+        rates: list[dict[str, Any]],
+        elapsed: float,
+        finished: bool = False,
+    ) -> RunState:
+        """Everything a stopped run needs to go on after round `done` (checkpoint.py), with the
+        results rows so far and the wall seconds spent over every session."""
+        clients = self.fleet.clients
+        return RunState(
+            round=self.done,
+            config=self.cfg.to_dict(),
+            state=self.state,
+            global_masks=self.global_masks,
+            client_masks={c.cid: c.masks for c in clients if c.masks is not None},
+            seen_rounds={c.cid: c.seen_rounds for c in clients if c.seen_rounds},
+            method=self.method.snapshot(),
+            rng_state=dict(self.rng.bit_generator.state),
+            rows=rows,
+            rates=rates,
+            dropped=self.dropped,
+            failed=sorted(self.failed),
+            elapsed=elapsed,
+            finished=finished,
+        )

@@ -1,0 +1,20 @@
+"""Every federated method, one module each behind `base.Method`; this registry is the one list.
+
+The config's allowed `method` values, the bench's method table and `--resume` support all
+derive from `METHODS`. A new method is a module here and one line below.
+"""
+
+from fedrlprune.methods.base import Method
+from fedrlprune.methods.fedavg import FedAvg
+from fedrlprune.methods.feddst import FedDST
+from fedrlprune.methods.fedmp import FedMP
+from fedrlprune.methods.fedrlprune import FedRLPrune
+from fedrlprune.methods.lotteryfl import LotteryFL
+from fedrlprune.methods.magnitude import Magnitude
+from fedrlprune.methods.prunefl import PruneFL
+
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (FedRLPrune, FedAvg, Magnitude, PruneFL, FedMP, LotteryFL, FedDST)
+}
+
+__all__ = ["METHODS", "Method"]

@@ -1,0 +1,193 @@
+"""`fedrlprune`: each client prunes with a DQN policy trained federatedly (the paper's method).
+
+In a pruning round every selected client gets the universal policy (a Q-network) with the
+global model, trains it on its own pruning MDP (`rl/env.py`: one rate per layer, inside its
+device budget at this step of the schedule), prunes greedily at the policy's rates, trains its
+pruned model and sends both back; the server averages the Q-networks (`rl/federation.py`) and
+merges the models with the mask-vote rule. With `regrow`, a pruning round starts from the
+global mask, so a weight pruned too early can come back. With `train_core`, every client also
+trains the core, the weights every client keeps, as a model of its own (the sandwich rule),
+so the smallest devices' models work alone. At deployment a client keeps the mask it was
+trained under when that fits its final budget; otherwise it asks the policy once more.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedrlprune.devices import TIERS, Budget, within_budget
+from fedrlprune.federation.messages import Orders, Reply, RLOrders
+from fedrlprune.methods.base import ClientData, Method, Pruned
+from fedrlprune.pruning.masks import apply_masks
+from fedrlprune.pruning.metrics import total_flops
+from fedrlprune.pruning.schedule import scheduled_rate
+from fedrlprune.rl.env import layer_infos
+from fedrlprune.rl.federation import PolicyStore
+from fedrlprune.rl.prune import RLSettings, client_features, new_agent, rl_prune
+from fedrlprune.state import Masks, State
+
+if TYPE_CHECKING:
+    from fedrlprune.config import Config
+    from fedrlprune.federation.fleet import Fleet
+
+
+class FedRLPrune(Method):
+    name = "fedrlprune"
+    summary = "per-layer rates from a federated DQN policy, inside each device's budget"
+
+    def __init__(self, cfg: Config, fleet: Fleet) -> None:
+        super().__init__(cfg, fleet)
+        initial = new_agent(cfg.seed).get_weights()
+        self.policies = PolicyStore(initial, cfg.rl_policy, fleet.trainer)
+
+    # --------------------------------------------------------------------------- server side
+
+    def masks_for(self, cid: int, rnd: int, state: State, global_masks: Masks) -> Masks:
+        """With `regrow`, a pruning round starts from the global mask: the policy re-prunes from
+        every weight the federation kept, so a weight pruned too early can come back."""
+        own = self.fleet.clients[cid].masks
+        if own is None or (self.cfg.regrow and self.fleet.step(rnd)):
+            return global_masks
+        return own
+
+    def core(self) -> Masks:
+        return self.fleet.core_masks() if self.cfg.train_core else {}
+
+    def orders(self, cid: int, rnd: int, state: State, masks: Masks, core: Masks) -> Orders:
+        step = self.fleet.step(rnd)
+        if not step:
+            return Orders(round=rnd, masks=masks, core=core)
+        rl = self.rl_orders(cid, step, learn=True)
+        policy = self.policies.for_client(cid)
+        return Orders(round=rnd, masks=masks, core=core, policy=policy, rl=rl)
+
+    def deploy_orders(self, cid: int, state: State, masks: Masks) -> Orders:
+        """A client keeps the mask it was last trained under when that fits its final budget:
+        asking the policy again could only prune weights it never trained without."""
+        if self._fits_final(cid, state, masks):
+            return Orders(round=self.cfg.rounds, masks=masks, deploy=True)
+        rl = self.rl_orders(cid, 0, learn=False)
+        policy = self.policies.for_client(cid)
+        return Orders(round=self.cfg.rounds, masks=masks, deploy=True, policy=policy, rl=rl)
+
+    def _fits_final(self, cid: int, state: State, masks: Masks) -> bool:
+        if self.fleet.clients[cid].masks is None:
+            return False
+        cost = self.fleet.facts.cost(apply_masks(state, masks))
+        limit = self.fleet.clients[cid].budget
+        return within_budget(limit, cost.effective_flops, cost.nonzero_params)
+
+    def budget_now(self, cid: int, step: int) -> Budget:
+        """The budget at pruning step `step`: from the dense model toward the client's budget
+        along the same cubic schedule as `magnitude`, so pruning stays progressive."""
+        facts = self.fleet.facts
+        final = self.fleet.clients[cid].budget
+        frac = scheduled_rate(1.0, step, len(self.fleet.prune_rounds))
+        return Budget(
+            facts.total_flops - frac * (facts.total_flops - final.max_flops),
+            facts.dense_params - frac * (facts.dense_params - final.max_params),
+        )
+
+    def rl_orders(self, cid: int, step: int, learn: bool) -> RLOrders:
+        """What a client needs to run its pruning MDP at step `step` (final budget when 0)."""
+        steps = len(self.fleet.prune_rounds)
+        limit = self.budget_now(cid, step or steps)
+        profile = TIERS[self.fleet.clients[cid].tier]
+        eps = np.linspace(self.cfg.rl_eps_start, self.cfg.rl_eps_end, steps + 1)
+        trains = self.cfg.rl_policy != "central" or cid == self.fleet.trainer
+        return RLOrders(
+            budget_flops=limit.max_flops,
+            budget_params=limit.max_params,
+            flops_share=profile.flops_budget,
+            params_share=profile.params_budget,
+            progress=(step or steps) / steps,
+            rate_scale=scheduled_rate(1.0, step or steps, steps),
+            eps_start=float(eps[max(step, 1) - 1]),
+            eps_end=float(eps[max(step, 1)]),
+            learn=learn and cid not in self.fleet.heldout and trains,
+        )
+
+    def merge(self, rnd: int, state: State, replies: dict[int, Reply]) -> tuple[State, Masks]:
+        self.policies.update({c: r.policy for c, r in replies.items() if r.policy is not None})
+        return super().merge(rnd, state, replies)
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        arrays = {f"universal/{k}": v for k, v in self.policies.universal.items()}
+        for cid, weights in self.policies.own.items():
+            arrays |= {f"client{cid}/{k}": v for k, v in weights.items()}
+        return arrays
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        universal: State = {}
+        own: dict[int, State] = {}
+        for key, value in arrays.items():
+            who, name = key.split("/", 1)
+            if who == "universal":
+                universal[name] = value
+            else:
+                own.setdefault(int(who.removeprefix("client")), {})[name] = value
+        self.policies.universal, self.policies.own = universal, own
+
+    def artifacts(self) -> dict[str, State]:
+        return {"policy.npz": self.policies.universal}
+
+    # --------------------------------------------------------------------------- client side
+
+    @classmethod
+    def prune(
+        cls, cfg: Config, data: ClientData, state: State, masks: Masks, orders: Orders
+    ) -> Pruned:
+        """Train the policy on this client's MDP (unless told not to), prune at its rates."""
+        if orders.policy is None or orders.rl is None:
+            return Pruned(state, masks)
+        if "layers" not in data.cache:
+            data.cache["layers"] = layer_infos(data.model, data.input_shape, data.targets)
+            data.cache["total_flops"] = total_flops(data.model, data.input_shape)
+        rl = orders.rl
+        result = rl_prune(
+            data.model,
+            state,
+            masks,
+            data.cache["layers"],
+            mode=cfg.prune_mode,
+            total_params=sum(p.numel() for p in data.model.parameters()),
+            total_flops=data.cache["total_flops"],
+            budget=Budget(rl.budget_flops, rl.budget_params),
+            client=client_features(
+                rl.flops_share,
+                rl.params_share,
+                len(data.y_train),
+                float(data.stats["label_entropy"]),
+                rl.progress,
+            ),
+            x_val=data.x_val,
+            y_val=data.y_val,
+            policy=orders.policy,
+            settings=cls._settings(cfg, rl, orders.round, int(data.stats["client"])),
+        )
+        metrics: dict[str, Any] = {f"rate/{layer}": r for layer, r in result.rates.items()}
+        metrics |= {
+            "rl-seconds": result.seconds,
+            "rl-episodes": result.episodes,
+            "rl-evaluations": result.evaluations,
+            "rl-val-accuracy": result.val_accuracy,
+            "rl-within-budget": int(result.within_budget),
+        }
+        trained = result.policy if result.episodes else None
+        return Pruned(apply_masks(state, result.masks), result.masks, metrics, trained)
+
+    @staticmethod
+    def _settings(cfg: Config, rl: RLOrders, rnd: int, cid: int) -> RLSettings:
+        return RLSettings(
+            episodes=cfg.rl_episodes,
+            eps_start=rl.eps_start,
+            eps_end=rl.eps_end,
+            reward=cfg.rl_reward,
+            cost_weight=cfg.rl_cost_weight,
+            lr=cfg.rl_lr,
+            learn=rl.learn,
+            rate_scale=rl.rate_scale,
+            seed=cfg.seed * 7_919 + rnd * 101 + cid,
+        )

@@ -1,0 +1,75 @@
+"""The federation's server without Flower: orders, the core beside the model, simulated cost,
+and a round settled from replies."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedrlprune.config import Config
+from fedrlprune.devices import TIERS, training_flops
+from fedrlprune.federation.messages import Reply
+from fedrlprune.federation.server import Federation
+from fedrlprune.fl import protocol
+from fedrlprune.models import build_model
+from fedrlprune.pruning.masks import apply_masks, magnitude_masks
+
+SHAPE = (1, 28, 28)
+TEST = (torch.zeros(4, *SHAPE), torch.zeros(4, dtype=torch.long))
+
+
+def _federation(**keys: object) -> Federation:
+    cfg = Config.from_dict(keys)
+    fed = Federation(cfg, build_model("lenet5", SHAPE, 10), SHAPE, TEST)
+    fed.start(dict.fromkeys(range(cfg.clients), 100))
+    return fed
+
+
+def test_the_core_travels_as_masks_beside_the_model_in_fedrlprune_only() -> None:
+    fed = _federation(clients=2, rounds=10)
+    fed.fleet.clients[0].masks = magnitude_masks(fed.state, {"fc1": 0.5})
+    fed.fleet.clients[1].masks = magnitude_masks(fed.state, {"fc1": 0.9})
+    orders = fed.orders(9, [0, 1])
+    content = protocol.pack_orders(fed.cfg, orders[0], fed.state)
+    sent = protocol.unpack_masks(content.array_records[protocol.CORE], fed.state)
+    np.testing.assert_array_equal(sent["fc1.weight"], fed.fleet.clients[1].masks["fc1.weight"])
+    assert "fc1.weight@values" not in content.array_records[protocol.CORE]  # masks only
+    off = _federation(clients=2, rounds=10, train_core=False)
+    off.fleet.clients[0].masks = fed.fleet.clients[0].masks
+    assert off.orders(9, [0])[0].core == {}
+    dense = _federation(clients=2, rounds=10, method="fedavg")
+    dense.fleet.clients[0].masks = fed.fleet.clients[0].masks
+    assert dense.orders(9, [0])[0].core == {}
+
+
+def test_simulated_cost_counts_the_core_pass_only_when_the_client_trained_one() -> None:
+    fed = _federation(clients=1, device_mix="phone")
+    own = magnitude_masks(fed.state, {"conv1": 0.5, "conv2": 0.5})
+    reply = Reply(apply_masks(fed.state, own), own, {"num-examples": 100}, None, 1_000)
+    down = protocol.record_bytes(protocol.pack(fed.state, own))
+    alone, _ = fed.simulated(0, reply, down, {})
+    same, _ = fed.simulated(0, reply, down, own)  # the core is its own model: no second pass
+    smaller = magnitude_masks(fed.state, {"conv1": 0.9, "conv2": 0.9})
+    both, _ = fed.simulated(0, reply, down, smaller)
+    assert same == alone < both
+    core_flops = fed.facts.cost(apply_masks(fed.state, smaller)).effective_flops
+    expected = training_flops(core_flops, 100) / TIERS["phone"].flops_per_second
+    assert both - alone == pytest.approx(expected)
+
+
+def test_a_round_settles_into_the_global_model_only_with_enough_replies() -> None:
+    fed = _federation(clients=2, method="fedavg", min_clients=2)
+    chosen = fed.sample(1)
+    orders = fed.orders(1, chosen)
+    moved = {k: v + 1.0 if v.dtype.kind == "f" else v for k, v in fed.state.items()}
+    metrics = {"num-examples": 100, "train-loss": 1.0}
+    replies = {c: Reply(moved, {}, metrics, None, 10) for c in chosen}
+    before = dict(fed.state)
+    one = {chosen[0]: replies[chosen[0]]}
+    short = fed.settle(1, orders, one, {chosen[1]: ("error", "x")}, dict.fromkeys(chosen, 5))
+    assert not short.updated and fed.failed == {chosen[1]} and fed.done == 1
+    assert all(np.array_equal(fed.state[k], before[k]) for k in before)
+    full = fed.settle(2, fed.orders(2, chosen), replies, {}, dict.fromkeys(chosen, 5))
+    assert full.updated and fed.done == 2
+    np.testing.assert_allclose(fed.state["fc1.weight"], moved["fc1.weight"], rtol=1e-6)
+    assert all(fed.fleet.clients[c].seen_rounds == [2] for c in chosen)
+    assert fed.snapshot([], [], 1.0).round == 2
