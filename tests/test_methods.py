@@ -1,6 +1,9 @@
 """Every registered method through the federation's core without Flower: rounds, merge and
 deployment with in-process clients, so a method's whole rule is exercised on its own."""
 
+import dataclasses
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,3 +61,18 @@ def test_every_method_runs_rounds_and_deploys_without_flower(method: str) -> Non
         initial = METHODS[method](cfg, fed.fleet).snapshot()
         trained = fed.method.snapshot()
         assert any(not np.array_equal(trained[k], initial[k]) for k in initial)
+
+
+def test_the_architecture_pages_worked_example_is_a_whole_method(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    page = (Path(__file__).parent.parent / "docs" / "architecture.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page, re.S)
+    assert code is not None, "docs/architecture.md lost its worked example"
+    scope: dict[str, Any] = {}
+    exec(compile(code.group(1), "docs/architecture.md", "exec"), scope)
+    monkeypatch.setitem(METHODS, "oneshot", scope["OneShot"])  # the registry line
+    cfg = dataclasses.replace(Config.from_dict(SETTINGS), method="oneshot")
+    fed, per_client = run_in_process(cfg)
+    assert fed.done == cfg.rounds
+    assert all(c["nonzero_params"] < fed.facts.dense_params for c in per_client)
