@@ -6,6 +6,7 @@ import pytest
 from fedrlprune.config import Config
 from fedrlprune.federation.fleet import Fleet, ModelFacts
 from fedrlprune.models import build_model
+from fedrlprune.pruning.masks import apply_masks
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,12 @@ def test_deployed_model_is_the_global_model_under_the_clients_own_mask(
     state = {"w": np.ones(4, np.float32)}
     global_masks = {"w": np.array([True, True, True, False])}
     fleet.clients[0].masks = {"w": np.array([True, False, False, False])}
-    np.testing.assert_array_equal(fleet.deployed(0, state, global_masks)["w"], [1, 0, 0, 0])
-    np.testing.assert_array_equal(fleet.deployed(1, state, global_masks)["w"], [1, 1, 1, 0])
+    np.testing.assert_array_equal(
+        apply_masks(state, fleet.deploy_masks(0, global_masks))["w"], [1, 0, 0, 0]
+    )
+    np.testing.assert_array_equal(
+        apply_masks(state, fleet.deploy_masks(1, global_masks))["w"], [1, 1, 1, 0]
+    )
 
 
 def test_deploy_masks_put_the_clients_mask_on_the_global_model(facts: ModelFacts) -> None:

@@ -189,3 +189,29 @@ def test_fedrlprune_run_keeps_every_budget_and_reports_rates(tmp_path: Path) -> 
     assert (out / "rates.png").is_file() and (out / "policy.npz").is_file()
     with np.load(out / "policy.npz", allow_pickle=False) as policy:
         assert len(policy.files) > 0
+
+
+def test_more_clients_than_samples_is_refused_before_the_simulation_starts(
+    tmp_path: Path,
+) -> None:
+    cfg = {**TINY, "clients": 100, "data_fraction": 0.05}  # 72 training samples
+    with pytest.raises(FedRLPruneError, match=r"72 samples cannot be split across 100 clients"):
+        run_experiment(cfg, out_dir=tmp_path / "r", live=False)
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def _slow_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A client that takes 3 s to build its model: a busy machine, a slow start."""
+    import time
+
+    time.sleep(3.0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), num_classes))
+
+
+def test_a_slow_start_never_ends_a_simulation_on_the_deployment_wait(tmp_path: Path) -> None:
+    # node_wait bounds how long real devices have to join; simulated clients that take six
+    # times longer than it to start must still be waited for.
+    cfg = {**TINY, "rounds": 1, "node_wait": 0.5}
+    summary = run_experiment(cfg, model_fn=_slow_model, out_dir=tmp_path / "s", live=False)
+    assert summary["rounds_completed"] == 1 and summary["failed_clients"] == []
+    assert summary["setup_seconds"] > 0.5

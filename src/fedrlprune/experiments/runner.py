@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from fedrlprune.config import Config
+from fedrlprune.data.federated import federate, federate_named
+from fedrlprune.data.loaders import ArrayDataset
 from fedrlprune.data.user import UserData, user_dataset
 from fedrlprune.errors import FedRLPruneError
 from fedrlprune.experiments.results import default_out_dir
-from fedrlprune.federation.checkpoint import CHECKPOINT, check_resumable
+from fedrlprune.federation.checkpoint import CHECKPOINT, RunState, check_resumable
 from fedrlprune.fl.client_app import make_client_app
 from fedrlprune.fl.server_app import make_server_app
 from fedrlprune.fl.simulation import run_simulation
@@ -49,15 +51,10 @@ def run_experiment(
             "(Python: resume_experiment), or pick another --out folder"
         )
 
-    summaries: list[dict[str, Any]] = []
-    server = make_server_app(
-        cfg, out, model_fn=model_fn, data=dataset, live=live, on_summary=summaries.append
-    )
-    client = make_client_app(model_fn=model_fn, data=dataset)
-    run_simulation(server, client, cfg.clients)
-    if not summaries:
+    summary = _simulate(cfg, out, model_fn, dataset, live)
+    if summary is None:
         raise FedRLPruneError(f"the run stopped before it finished; see {out / 'run.log'}")
-    return summaries[0]
+    return summary
 
 
 def resume_experiment(
@@ -76,6 +73,29 @@ def resume_experiment(
     out = Path(results)
     cfg, run = check_resumable(out, config)
     dataset = user_dataset(data) if data is not None else None
+    summary = _simulate(cfg, out, model_fn, dataset, live, run)
+    if summary is None:
+        raise FedRLPruneError(
+            f"the run stopped again before it finished; see {out / 'run.log'}, then resume again"
+        )
+    return summary
+
+
+def _simulate(
+    cfg: Config,
+    out: Path,
+    model_fn: ModelFactory | None,
+    dataset: ArrayDataset | None,
+    live: bool | None,
+    resume: RunState | None = None,
+) -> dict[str, Any] | None:
+    """The run on Flower's simulation engine; its summary, or None if it stopped early. The
+    clients' partitions are computed first, so a config that cannot be split (more clients
+    than samples) is refused here, before any worker starts."""
+    if dataset is not None:
+        federate(cfg, dataset)  # raises DataError, naming the fix
+    else:
+        federate_named(cfg)
     summaries: list[dict[str, Any]] = []
     server = make_server_app(
         cfg,
@@ -84,15 +104,10 @@ def resume_experiment(
         data=dataset,
         live=live,
         on_summary=summaries.append,
-        resume=run,
+        resume=resume,
     )
-    client = make_client_app(model_fn=model_fn, data=dataset)
-    run_simulation(server, client, cfg.clients)
-    if not summaries:
-        raise FedRLPruneError(
-            f"the run stopped again before it finished; see {out / 'run.log'}, then resume again"
-        )
-    return summaries[0]
+    run_simulation(server, make_client_app(model_fn=model_fn, data=dataset), cfg.clients)
+    return summaries[0] if summaries else None
 
 
 def _as_config(config: Config | Mapping[str, Any] | str | Path | None) -> Config:

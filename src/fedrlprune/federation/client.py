@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedrlprune.data.federated import federate, federate_named
+from fedrlprune.data.federated import FederatedData, federate, federate_named
 from fedrlprune.data.loaders import ArrayDataset
 from fedrlprune.federation.messages import Orders
 from fedrlprune.methods import METHODS
@@ -87,10 +87,15 @@ def deploy(cfg: Config, data: ClientData, state: State, masks: Masks, orders: Or
 
 
 def client_data(
-    cfg: Config, cid: int, model_fn: ModelFactory | None, data: ArrayDataset | None
+    cfg: Config,
+    cid: int,
+    model_fn: ModelFactory | None = None,
+    data: ArrayDataset | None = None,
+    token: str = "",
 ) -> ClientData:
-    """Client `cid`'s splits (from the config alone) and a fresh model."""
-    fed = federate(cfg, data) if data is not None else federate_named(cfg)
+    """Client `cid`'s splits (from the config alone) and a fresh model. `token` names the user
+    dataset, so its partition is computed once per process like a named dataset's."""
+    fed = federate_named(cfg) if data is None else _federate_user(token, cfg, data)
     x_tr, y_tr, x_va, y_va, x_te, y_te = fed.client(cid)
     ds = fed.dataset
     factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
@@ -106,6 +111,18 @@ def client_data(
         targets=pruning_targets(model, cfg.skip_list()),
         factory=factory,
     )
+
+
+_USER: dict[tuple[str, Config], FederatedData] = {}
+
+
+def _federate_user(token: str, cfg: Config, data: ArrayDataset) -> FederatedData:
+    """`federate` over a user dataset, kept for the last run only (a token per dataset)."""
+    key = (token, cfg)
+    if key not in _USER:
+        _USER.clear()
+        _USER[key] = federate(cfg, data)
+    return _USER[key]
 
 
 def core_within(core: Masks, masks: Masks) -> Masks | None:

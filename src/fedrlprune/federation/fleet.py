@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from fedrlprune.devices import TIERS, Budget, assign_tiers, budget, within_budget
-from fedrlprune.pruning.masks import apply_masks, pruning_targets
+from fedrlprune.pruning.masks import pruning_targets
 from fedrlprune.pruning.metrics import (
     ModelCost,
     chained_cost,
@@ -124,10 +124,6 @@ class Fleet:
         for key, mask in own.items():
             out[key] = mask & global_masks[key] if key in global_masks else mask
         return out
-
-    def deployed(self, cid: int, state: State, global_masks: Masks) -> State:
-        """The model client `cid` runs: the global model under its own mask."""
-        return apply_masks(state, self.deploy_masks(cid, global_masks))
 
     def report(self, cid: int, deployed: State) -> dict[str, Any]:
         """Per-client figures for summary.json: tier, cost, budget and whether it fits."""

@@ -8,6 +8,9 @@ the method finishes) and `deploy` (prune to the final budget, evaluate).
 
 from __future__ import annotations
 
+import uuid
+from collections import OrderedDict
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -21,6 +24,12 @@ from fedrlprune.methods.base import ClientData
 from fedrlprune.models import ModelFactory
 from fedrlprune.training import get_state
 
+# The clients a worker process served last, kept between messages. Flower's simulation sends
+# the ClientApp with every message, so a cache inside it would start empty each time; this one
+# lives as long as the worker. At most one round's clients (and one more) are kept, so a
+# worker's memory does not grow with the number of clients in the run.
+_CLIENTS: OrderedDict[tuple[str, Config, int], ClientData] = OrderedDict()
+
 
 def make_client_app(
     model_fn: ModelFactory | None = None, data: ArrayDataset | None = None
@@ -28,16 +37,18 @@ def make_client_app(
     """A ClientApp for the config each message carries; a user model or dataset may replace the
     registry's and the named dataset (the Python API's way to bring your own)."""
     app = ClientApp()
-    cache: dict[tuple[Config, int], ClientData] = {}
+    token = uuid.uuid4().hex  # names this app's model and data in the worker's cache
 
     def local(cfg: Config, context: Context) -> ClientData:
         cid = partition_id(context, cfg)
-        key = (cfg, cid)
-        if key not in cache:
-            if any(k[0] != cfg for k in cache):
-                cache.clear()  # a new run in this worker: drop the last run's clients
-            cache[key] = client_data(cfg, cid, model_fn, data)
-        return cache[key]
+        key = (token, cfg, cid)
+        if key in _CLIENTS:
+            _CLIENTS.move_to_end(key)
+            return _CLIENTS[key]
+        _CLIENTS[key] = client_data(cfg, cid, model_fn, data, token)
+        while len(_CLIENTS) > cfg.per_round() + 1:
+            _CLIENTS.popitem(last=False)
+        return _CLIENTS[key]
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
