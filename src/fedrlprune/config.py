@@ -196,8 +196,9 @@ class Config:
     )
     node_wait: float = _key(
         120.0,
-        "seconds the server waits for `clients` SuperNodes to be online, and again for them "
-        "to load their data, before round 1 (deployment: the time devices have to join)",
+        "real devices (`flwr run`): seconds the server waits for `clients` SuperNodes to be "
+        "online, and again for them to load their data, before round 1; simulated clients "
+        "(`fedrlprune run`, the Python API) are waited for however long they take",
         lo=0.0,
         lo_open=True,
     )

@@ -1,0 +1,144 @@
+"""Simulation at the literature's scale: 10, 100 and 1000 clients at 10 per round, side by side.
+
+Each size runs as its own `fedrlprune run` process (so Ray starts and stops with it, as for a
+user), while a sampler adds up the resident memory of that process and all its descendants
+(Ray's raylet, store and workers included) every half second. Reported per size: the wall time
+of the whole command, the server's set-up (handshake with every client), the median round, the
+end of the run (deployment and per-client evaluation), and the peak memory of the process tree.
+
+    .venv/bin/python benchmarks/scale.py --out benchmarks/results/scale
+
+writes `scale.json` and `scale.md` into `--out` (and each run's results folder under it). The
+target: at 1000 clients, set-up plus end of run within the time of 20 rounds, and peak memory
+within 20% of that at 100 clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SIZES = (10, 100, 1000)
+PER_ROUND = 10
+SETTINGS = ("--set", "method=fedavg", "--set", "local_epochs=1")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of `root` and every process descended from it (read from /proc)."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    total = 0
+    for pid in tree:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def run_size(clients: int, rounds: int, out: Path) -> dict[str, Any]:
+    """One `fedrlprune run` at `clients` clients, its peak tree memory sampled meanwhile."""
+    run_dir = out / f"clients-{clients}"
+    cmd = [
+        str(Path(sys.executable).parent / "fedrlprune"), "run", "--no-live", "--out", str(run_dir),
+        "--set", f"clients={clients}", "--set", f"fraction={PER_ROUND / clients}",
+        "--set", f"rounds={rounds}", *SETTINGS,
+    ]  # fmt: skip
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = proc.communicate()
+    wall = time.perf_counter() - started
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"clients={clients} failed:\n{output[-3000:]}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    with (run_dir / "metrics.csv").open() as fh:
+        rounds_s = [float(r["round_seconds"]) for r in csv.DictReader(fh)]
+    median = statistics.median(rounds_s)
+    return {
+        "clients": clients,
+        "per_round": PER_ROUND,
+        "rounds": rounds,
+        "wall_seconds": wall,
+        "setup_seconds": summary["setup_seconds"],
+        "round_seconds_median": median,
+        "deploy_seconds": summary["deploy_seconds"],
+        "setup_plus_end_in_rounds": (summary["setup_seconds"] + summary["deploy_seconds"]) / median,
+        "peak_tree_rss_gb": peak[0] / 1e9,
+        "final_accuracy": summary["final_accuracy"],
+    }
+
+
+def markdown(rows: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        "# Simulation at scale",
+        "",
+        f"Command: `{command}`; fedavg, Fashion-MNIST, LeNet-5, {PER_ROUND} clients per round, "
+        "one local epoch. Set-up is the handshake with every client; end of run is deployment "
+        "and per-client evaluation; memory is the peak resident memory of the run's whole "
+        "process tree (Ray included).",
+        "",
+        "| clients | wall s | set-up s | median round s | end of run s | "
+        "(set-up + end) / round | peak memory GB | final accuracy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['clients']} | {r['wall_seconds']:.0f} | {r['setup_seconds']:.1f} | "
+            f"{r['round_seconds_median']:.2f} | {r['deploy_seconds']:.1f} | "
+            f"{r['setup_plus_end_in_rounds']:.1f} | {r['peak_tree_rss_gb']:.2f} | "
+            f"{r['final_accuracy']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("results/scale"))
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per size (default 5)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python benchmarks/scale.py", *sys.argv[1:]])
+    rows: list[dict[str, Any]] = []
+    for clients in args.sizes:
+        print(f"scale: {clients} clients ...", flush=True)
+        rows.append(run_size(clients, args.rounds, args.out))
+        print(json.dumps(rows[-1]), flush=True)
+        (args.out / "scale.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (args.out / "scale.md").write_text(markdown(rows, command))
+    print(markdown(rows, command))
+
+
+if __name__ == "__main__":
+    main()
