@@ -13,9 +13,14 @@ from typing import Any
 
 
 def _ray_init_args() -> dict[str, Any]:
+    """This machine's cores; or, with RAY_ADDRESS set, the Ray cluster there (its machines
+    bring their own cores, and Ray refuses a core count when it joins a cluster)."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    return {"num_cpus": os.cpu_count() or 1, "logging_level": "error", "log_to_driver": False}
+    quiet = {"logging_level": "error", "log_to_driver": False}
+    if os.environ.get("RAY_ADDRESS"):
+        return {"address": os.environ["RAY_ADDRESS"], **quiet}
+    return {"num_cpus": os.cpu_count() or 1, **quiet}
 
 
 @contextmanager
