@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fedrlprune.errors import FedRLPruneError
@@ -19,6 +20,8 @@ from fedrlprune.pruning.compact import (
     pruned_channels,
     torch_latency,
 )
+from fedrlprune.pruning.groups import channel_groups
+from fedrlprune.pruning.masks import magnitude_masks, pruning_targets
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
@@ -221,3 +224,66 @@ def test_torch_latency_restores_threads_and_mode(cnn: nn.Module) -> None:
     cnn.train()
     assert torch_latency(cnn, MNIST, batch=2, runs=3, warmup=1) > 0
     assert torch.get_num_threads() == threads and cnn.training
+
+
+class UserCNN(nn.Module):
+    """A user's CNN: BatchNorm everywhere, a depthwise-separable block around a residual
+    addition, and a BatchNorm1d hidden layer before the head."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16))
+        self.pw = nn.Sequential(nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16))
+        self.down = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32))
+        self.hidden = nn.Sequential(nn.Linear(32, 24), nn.BatchNorm1d(24))
+        self.head = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        x = F.relu(self.pw(F.relu(self.dw(x))) + x)
+        x = F.relu(self.down(x)).mean((2, 3))
+        return self.head(F.relu(self.hidden(x)))
+
+
+def randomise_norms(model: nn.Module) -> None:
+    """`randomise_batchnorm` for every BatchNorm (1d too): pruned channels must be exactly 0."""
+    gen = torch.Generator().manual_seed(1)
+    for mod in model.modules():
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            n = mod.num_features
+            mod.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+            mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            with torch.no_grad():
+                mod.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                mod.bias.copy_(torch.randn(n, generator=gen) * 0.5)
+
+
+ANY_CNN = {
+    "lenet5": MNIST,
+    "cnn": MNIST,
+    "mlp": MNIST,
+    "vgg11": CIFAR,
+    "resnet18": CIFAR,
+    "user": (3, 16, 16),
+}
+
+
+@pytest.mark.parametrize("name", ANY_CNN)
+def test_group_masks_compact_any_cnn_and_run_in_onnx(name: str, tmp_path: Path) -> None:
+    shape = ANY_CNN[name]
+    torch.manual_seed(0)
+    model = UserCNN(shape[0], 10) if name == "user" else build_model(name, shape, 10)
+    randomise_norms(model)
+    targets = pruning_targets(model)
+    groups = channel_groups(model, shape, targets)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    masks = magnitude_masks(state, dict.fromkeys(targets, 0.5), "structured", groups=groups)
+    compact = check_same_outputs(model, masks, shape).eval()
+    assert n_params(compact) < 0.5 * n_params(model)
+
+    path = export_onnx(compact, shape, tmp_path / f"{name}.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(3))
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(got, masked_outputs(model, masks, x).numpy(), atol=1e-4, rtol=1e-4)

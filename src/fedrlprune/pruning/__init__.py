@@ -1,5 +1,6 @@
 """Pruning: methods and the shared cost accounting they report through."""
 
+from fedrlprune.pruning.groups import ChannelGroup, channel_groups
 from fedrlprune.pruning.masks import (
     MODES,
     MaskEnforcer,
@@ -12,6 +13,7 @@ from fedrlprune.pruning.masks import (
     overall_sparsity,
     pruning_targets,
 )
+from fedrlprune.pruning.memory import memory_bytes, sparse_bytes
 from fedrlprune.pruning.metrics import (
     ModelCost,
     classifier_name,
@@ -24,10 +26,12 @@ from fedrlprune.pruning.metrics import (
 
 __all__ = [
     "MODES",
+    "ChannelGroup",
     "MaskEnforcer",
     "Masks",
     "ModelCost",
     "apply_masks",
+    "channel_groups",
     "classifier_name",
     "count_nonzero",
     "layer_flops",
@@ -35,9 +39,11 @@ __all__ = [
     "magnitude_masks",
     "mask_model",
     "masks_from_state",
+    "memory_bytes",
     "model_cost",
     "overall_sparsity",
     "prunable_layers",
     "pruning_targets",
+    "sparse_bytes",
     "total_flops",
 ]

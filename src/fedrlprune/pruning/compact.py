@@ -7,10 +7,12 @@ turns a structured mask into fewer FLOPs and lower latency. ``export_onnx`` and 
 functions measure that on CPU.
 
 A removed channel's output is gone, not zero: exact only when the masked model's channel
-output is zero. Masking a channel's weights and bias (as structured masks do) gives zero before
-any normalisation; a following BatchNorm or activation may still turn it into a constant the next
-layer sees. ``compact_model`` therefore checks the compact outputs against the masked model's and
-refuses what it cannot remove exactly.
+output is zero. Masking a channel's weights and bias gives zero before any normalisation; a
+following BatchNorm or activation may still turn it into a constant the next layer sees, unless
+its weight and bias are masked too, as structured masks built with ``channel_groups``
+(pruning/groups.py) do for BatchNorm, residual and depthwise couplings. ``compact_model``
+therefore checks the compact outputs against the masked model's and refuses what it cannot
+remove exactly.
 """
 
 import copy
@@ -177,7 +179,8 @@ def compact_model(model: nn.Module, masks: Masks, input_shape: tuple[int, ...]) 
         raise FedRLPruneError(
             f"removing the masked channels of {type(model).__name__} changes its outputs, so a "
             "pruned channel still carries a non-zero constant (e.g. a BatchNorm shift after "
-            "the pruned conv); mask the following BatchNorm's weight and bias too"
+            "the pruned conv); mask the following BatchNorm's weight and bias too (structured "
+            "masks built with channel_groups do)"
         )
     return compact.train(model.training)
 

@@ -4,6 +4,12 @@ A mask set (``Masks``) maps state_dict parameter names (``"conv1.weight"``, ``"c
 bool arrays of the parameter's shape, True = kept. Only pruned layers' weights (and, in
 structured mode, their biases) have entries; every other parameter is dense. Masks are numpy so
 they travel and aggregate like the Flower parameters they describe.
+
+Structured masks given the model's ``channel_groups`` (pruning/groups.py) also cover the
+BatchNorm weights and biases and the residual- or depthwise-coupled layers of each channel, so a
+dropped channel is exactly zero everywhere and ``compact_model`` can remove it from any CNN.
+Without groups each layer is pruned on its own, which is exact only for chains without BatchNorm
+(LeNet-5, the FedAvg CNN, MLPs).
 """
 
 import math
@@ -15,6 +21,7 @@ import torch
 from torch import nn
 
 from fedrlprune.errors import ConfigError
+from fedrlprune.pruning.groups import ChannelGroup
 from fedrlprune.pruning.metrics import classifier_name, prunable_layers
 from fedrlprune.state import Masks
 
@@ -101,11 +108,17 @@ def _smallest(scores: np.ndarray, alive: np.ndarray, count: int) -> np.ndarray:
     return candidates[np.argsort(scores[candidates], kind="stable")[: max(count, 0)]]
 
 
+def _check_rate(layer: str, rate: object) -> None:
+    if not isinstance(rate, Real) or not 0 <= rate < 1:
+        raise ConfigError(f"pruning rate of {layer!r} is {rate!r}; set it to a sparsity in [0, 1)")
+
+
 def magnitude_masks(
     state: Mapping[str, np.ndarray],
     rates: Mapping[str, float],
     mode: str = "unstructured",
     current: Masks | None = None,
+    groups: Sequence[ChannelGroup] | None = None,
 ) -> Masks:
     """Masks that prune each layer in ``rates`` to its target sparsity by weight magnitude.
 
@@ -114,15 +127,20 @@ def magnitude_masks(
     masked) weight slice. Pruning is monotone: what ``current`` masks stays masked and counts
     toward the rate, so a rate below what is already pruned changes nothing. Entries of
     ``current`` for layers not in ``rates`` are carried over unchanged for the same reason.
+
+    Structured with ``groups`` (from ``channel_groups``): channels are ranked per group, by L1
+    summed over the group's layers, and every member slice (BatchNorm included) is masked. A
+    group takes the rate of its first layer (definition order) that ``rates`` names, since its
+    layers must drop the same channels; layers of ``rates`` in no group stay dense (their
+    channels are tied to a layer that must keep them, such as the classifier).
     """
     _check_mode(mode)
     out: Masks = {key: np.array(mask, dtype=bool) for key, mask in (current or {}).items()}
     for layer, rate in rates.items():
-        if not isinstance(rate, Real) or not 0 <= rate < 1:
-            raise ConfigError(
-                f"pruning rate of {layer!r} is {rate!r}; set it to a sparsity in [0, 1)"
-            )
+        _check_rate(layer, rate)
         weight = _layer_weight(state, layer)
+        if mode == "structured" and groups is not None:
+            continue  # checked here, pruned per group below
         keep = _existing(current, f"{layer}.weight", weight.shape)
         if mode == "unstructured":
             magnitude = np.abs(weight).ravel()
@@ -138,6 +156,28 @@ def magnitude_masks(
         out[f"{layer}.weight"] = keep & alive.reshape((channels,) + (1,) * (weight.ndim - 1))
         if _layer_bias(state, layer, channels) is not None:
             out[f"{layer}.bias"] = _existing(current, f"{layer}.bias", (channels,)) & alive
+    if mode == "structured" and groups is not None:
+        out |= _group_masks(state, rates, groups, current)
+    return out
+
+
+def _group_masks(
+    state: Mapping[str, np.ndarray],
+    rates: Mapping[str, float],
+    groups: Sequence[ChannelGroup],
+    current: Masks | None,
+) -> Masks:
+    """Structured masks cut per channel group; the per-layer rule when each group is one layer."""
+    shapes = {key: np.shape(value) for key, value in state.items()}
+    out: Masks = {}
+    for group in groups:
+        rate = group.rate(rates)
+        if rate is None:
+            continue
+        alive = group.alive(state, current)
+        extra = _prune_count(rate, group.size) - int(group.size - alive.sum())
+        alive[_smallest(group.scores(state, current), alive, extra)] = False
+        out |= group.masks(shapes, alive, current)
     return out
 
 
@@ -210,37 +250,55 @@ class MaskEnforcer:
 
 
 def layer_sparsity(masks: Masks) -> dict[str, float]:
-    """Fraction of each masked layer's weight that is pruned (biases are not counted)."""
+    """Fraction of each masked conv/linear weight that is pruned.
+
+    Biases and norm-layer weights (1-D, masked with their channel by structured groups) are not
+    counted: they follow the conv's channels and would report each BatchNorm as a layer.
+    """
     return {
         key.removesuffix(".weight"): 1.0 - float(mask.mean()) if mask.size else 0.0
         for key, mask in masks.items()
-        if key.endswith(".weight")
+        if _is_layer_weight(key, mask)
     }
 
 
 def overall_sparsity(masks: Masks, state: Mapping[str, np.ndarray]) -> float:
-    """Pruned fraction of all masked weights together (size-weighted, biases not counted).
+    """Pruned fraction of all masked conv/linear weights together (size-weighted; biases and
+    norm-layer weights not counted, as in ``layer_sparsity``).
 
     ``state`` is the model the masks are for; masks that do not fit it are refused.
     """
     _checked(masks, {key: np.shape(value) for key, value in state.items()})
-    weights = [mask for key, mask in masks.items() if key.endswith(".weight")]
+    weights = [mask for key, mask in masks.items() if _is_layer_weight(key, mask)]
     total = sum(mask.size for mask in weights)
     return sum(int(mask.size - mask.sum()) for mask in weights) / total if total else 0.0
 
 
 def masks_from_state(
-    state: Mapping[str, np.ndarray], layers: Sequence[str], mode: str = "unstructured"
+    state: Mapping[str, np.ndarray],
+    layers: Sequence[str],
+    mode: str = "unstructured",
+    groups: Sequence[ChannelGroup] | None = None,
 ) -> Masks:
     """Recover masks from the zeros of ``state``, e.g. a pruned global model received by a client.
 
     Structured: a channel is kept while any entry of its weight slice is non-zero, and its bias
-    entry follows the channel.
+    entry follows the channel. With ``groups``, a channel zero in any layer of its group is
+    dropped from every member (BatchNorm included), so training cannot revive its shift.
     """
     _check_mode(mode)
     out: Masks = {}
+    grouped: set[str] = set()
+    if mode == "structured" and groups is not None:
+        shapes = {key: np.shape(value) for key, value in state.items()}
+        for group in groups:
+            nonzero = {f"{layer}.weight": state[f"{layer}.weight"] != 0 for layer in group.layers}
+            out |= group.masks(shapes, group.alive(state, nonzero), None)
+            grouped.update(group.layers)
     for layer in layers:
         weight = _layer_weight(state, layer)
+        if layer in grouped:
+            continue
         if mode == "unstructured":
             out[f"{layer}.weight"] = weight != 0
             continue
@@ -254,12 +312,27 @@ def masks_from_state(
     return out
 
 
+def _ranked(scores: np.ndarray, alive: np.ndarray) -> tuple[np.ndarray, int]:
+    """(indices, dead): already-dead entries first, then live ones by score, ties to lower index."""
+    live = np.flatnonzero(alive)
+    order = np.concatenate([np.flatnonzero(~alive), live[np.argsort(scores[live], kind="stable")]])
+    return order, int((~alive).sum())
+
+
+def _cut(order: np.ndarray, dead: int, rate: float) -> np.ndarray:
+    """True where ``order`` keeps an entry at ``rate`` (never fewer pruned than ``dead``)."""
+    pruned = np.ones(order.size, dtype=bool)
+    pruned[order[max(_prune_count(rate, order.size), dead) :]] = False
+    return ~pruned
+
+
 class MagnitudeRanking:
     """The order in which `magnitude_masks` prunes each layer, sorted once for many rate vectors.
 
     An RL episode tries a new rate per layer each time; re-sorting a million-weight layer per
     episode would cost more than evaluating the model. `masks(rates)` gives exactly what
-    `magnitude_masks(state, rates, mode, current)` gives, by cutting the precomputed order.
+    `magnitude_masks(state, rates, mode, current, groups)` gives, by cutting the precomputed
+    order (per channel group when structured ``groups`` are given).
     """
 
     def __init__(
@@ -268,11 +341,21 @@ class MagnitudeRanking:
         layers: Sequence[str],
         mode: str = "unstructured",
         current: Masks | None = None,
+        groups: Sequence[ChannelGroup] | None = None,
     ) -> None:
         _check_mode(mode)
         self.mode = mode
         self.current = {k: np.asarray(v, dtype=bool) for k, v in (current or {}).items()}
         self._order: dict[str, tuple[np.ndarray, int, np.ndarray, bool]] = {}
+        self._groups: list[tuple[ChannelGroup, np.ndarray, int]] | None = None
+        if mode == "structured" and groups is not None:
+            for layer in layers:
+                _layer_weight(state, layer)  # a naming mistake is refused as without groups
+            self._shapes = {key: np.shape(value) for key, value in state.items()}
+            self._groups = [
+                (g, *_ranked(g.scores(state, current), g.alive(state, current))) for g in groups
+            ]
+            return
         for layer in layers:
             weight = _layer_weight(state, layer)
             keep = _existing(current, f"{layer}.weight", weight.shape)
@@ -281,23 +364,24 @@ class MagnitudeRanking:
             else:
                 alive = keep.reshape(weight.shape[0], -1).any(axis=1)
                 scores = np.where(keep, np.abs(weight), 0).reshape(weight.shape[0], -1).sum(1)
-            live = np.flatnonzero(alive)
-            order = np.concatenate(
-                [np.flatnonzero(~alive), live[np.argsort(scores[live], kind="stable")]]
-            )
+            order, dead = _ranked(scores, alive)
             has_bias = _layer_bias(state, layer, weight.shape[0]) is not None
-            self._order[layer] = (order, int((~alive).sum()), keep, has_bias)
+            self._order[layer] = (order, dead, keep, has_bias)
 
     def masks(self, rates: Mapping[str, float]) -> Masks:
         out: Masks = {k: v.copy() for k, v in self.current.items()}
+        if self._groups is not None:
+            for group, order, dead in self._groups:
+                rate = group.rate(rates)
+                if rate is not None:
+                    out |= group.masks(self._shapes, _cut(order, dead, rate), self.current)
+            return out
         for layer, rate in rates.items():
             order, dead, keep, has_bias = self._order[layer]
-            pruned = np.ones(order.size, dtype=bool)
-            pruned[order[max(_prune_count(rate, order.size), dead) :]] = False
+            alive = _cut(order, dead, rate)
             if self.mode == "unstructured":
-                out[f"{layer}.weight"] = ~pruned.reshape(keep.shape)
+                out[f"{layer}.weight"] = alive.reshape(keep.shape)
                 continue
-            alive = ~pruned
             out[f"{layer}.weight"] = keep & alive.reshape((-1,) + (1,) * (keep.ndim - 1))
             if has_bias:
                 bias = self.current.get(f"{layer}.bias", np.ones(alive.size, dtype=bool))

@@ -1,0 +1,138 @@
+"""Bytes a model needs on the device: its weights plus the activations of one forward pass.
+
+Parameter counts say little about whether a model fits a device: a compact CNN's early
+activations can outweigh its weights, and an unstructured model only saves memory in a sparse
+storage format. ``memory_bytes`` measures the compact (or dense) model as it runs;
+``sparse_bytes`` sizes an unstructured model stored the way ``payload.encode`` sends it.
+"""
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from fedrlprune.errors import ConfigError
+from fedrlprune.pruning.payload import index_dtype
+from fedrlprune.state import Masks
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer (BatchNorm running stats are needed to infer too)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class _Liveness(TorchDispatchMode):
+    """Records, per aten op, the storages it reads and the storages it creates."""
+
+    def __init__(self, ignore: set[int]) -> None:
+        super().__init__()
+        self.ignore = ignore  # weight and buffer storages: counted as weights, not activations
+        self.born: dict[int, int] = {}  # storage -> op index that created it (-1: the input)
+        self.last: dict[int, int] = {}  # storage -> last op index that read it
+        self.size: dict[int, int] = {}
+        self.keep: list[torch.Tensor] = []  # held so no storage is freed and its address reused
+        self.ops = 0
+
+    def track(self, tensor: torch.Tensor, op: int) -> None:
+        """Note ``tensor``'s storage as created at ``op`` unless it is a weight or known."""
+        key = tensor.untyped_storage().data_ptr()
+        if key in self.ignore or key in self.born:
+            return
+        self.born[key] = op
+        self.last[key] = op
+        self.size[key] = tensor.untyped_storage().nbytes()
+        self.keep.append(tensor)
+
+    def __torch_dispatch__(
+        self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        op = self.ops
+        self.ops += 1
+        for arg in tree_leaves((args, kwargs or {})):
+            if isinstance(arg, torch.Tensor):
+                key = arg.untyped_storage().data_ptr()
+                if key in self.last:
+                    self.last[key] = op
+        out = func(*args, **(kwargs or {}))
+        for res in tree_leaves(out):
+            if isinstance(res, torch.Tensor):
+                self.track(res, op)
+        return out
+
+    def peak(self) -> int:
+        """Largest total of storages alive at once, an op's inputs and outputs both counted."""
+        change = np.zeros(self.ops + 2, dtype=np.int64)
+        for key, born in self.born.items():
+            change[born + 1] += self.size[key]
+            change[self.last[key] + 2] -= self.size[key]
+        return int(np.cumsum(change).max()) if self.born else 0
+
+
+def activation_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Peak activation bytes of one eval-mode forward pass of one sample (see ``memory_bytes``)."""
+    param = next(model.parameters(), None)
+    x = torch.zeros(
+        1,
+        *input_shape,
+        device=param.device if param is not None else None,
+        dtype=param.dtype if param is not None else None,
+    )
+    weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    mode = _Liveness(weights)
+    mode.track(x, -1)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), mode:
+            model(x)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"cannot run {type(model).__name__} on one sample of shape {tuple(input_shape)}: "
+            f"{err}. Pass the per-sample input shape (no batch dimension) the model was built for"
+        ) from err
+    finally:
+        model.train(was_training)
+    return mode.peak()
+
+
+def memory_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Weight bytes (parameters and buffers) plus peak activation bytes at batch 1.
+
+    "Peak" is the largest total size of activation tensors alive at once during one eager,
+    eval-mode forward pass of one sample of ``input_shape``: a tensor lives from the operator
+    that makes it (the input from the start) until the last operator that reads it, so an
+    operator's inputs and output count together, as does a residual branch's saved input.
+    Views share their base's storage and count once; in-place operators add nothing. Run it on
+    the compact model (``compact_model``) for the memory of the pruned model on a device; a
+    runtime that fuses operators (ONNX Runtime) may need less, and allocator overhead is not
+    counted.
+    """
+    return weight_bytes(model) + activation_bytes(model, input_shape)
+
+
+def sparse_bytes(state: Mapping[str, np.ndarray], masks: Masks) -> int:
+    """Bytes of ``state`` stored as ``payload.encode`` would send it with ``masks``.
+
+    Each masked parameter costs its kept values plus the smaller of a bitmask (one bit per entry,
+    rounded up to bytes) and a list of kept flat indices (the smallest unsigned type that holds
+    them); a tie goes to the bitmask, as in ``payload``. Unmasked entries are stored dense.
+    """
+    unknown = sorted(set(masks) - set(state))
+    if unknown:
+        raise ConfigError(f"masks name parameters not in the state: {', '.join(unknown)}")
+    total = 0
+    for name, value in state.items():
+        arr = np.asarray(value)
+        if name not in masks:
+            total += arr.nbytes
+            continue
+        kept = int(np.count_nonzero(masks[name]))
+        where = min(math.ceil(arr.size / 8), kept * index_dtype(arr.size).itemsize)
+        total += kept * arr.itemsize + where
+    return total
