@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from fedrlprune.config import Config
 from fedrlprune.data.federated import global_test
@@ -16,20 +18,24 @@ from fedrlprune.federation.client import client_data, deploy, train_round
 from fedrlprune.federation.messages import Reply
 from fedrlprune.federation.server import Federation
 from fedrlprune.methods import METHODS
-from fedrlprune.models import build_model
+from fedrlprune.models import ModelFactory, build_model
+from fedrlprune.pruning.compact import compact_model
 from fedrlprune.pruning.masks import apply_masks
-from fedrlprune.training import as_tensors
+from fedrlprune.training import as_tensors, set_state
 
 SETTINGS = {"dataset": "digits", "model": "mlp", "clients": 3, "rounds": 4, "lr": 0.05,
             "rl_episodes": 2, "prune_rate": 0.5, "lottery_threshold": 0.0}  # fmt: skip
 
 
-def run_in_process(cfg: Config) -> tuple[Federation, list[dict[str, Any]]]:
+def run_in_process(
+    cfg: Config, model_fn: ModelFactory | None = None
+) -> tuple[Federation, list[dict[str, Any]]]:
     """What `fl/server_app.py` does over Flower, with the clients called directly: the model
     travels under its mask (zeros where pruned), as it does on the wire."""
     dataset = load_dataset(cfg.dataset)
-    clients = [client_data(cfg, c, None, dataset) for c in range(cfg.clients)]
-    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+    clients = [client_data(cfg, c, model_fn, dataset) for c in range(cfg.clients)]
+    factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
+    model = factory(dataset.input_shape, dataset.num_classes)
     test = as_tensors(*global_test(cfg, dataset))
     fed = Federation(cfg, model, dataset.input_shape, test)
     fed.start({c: len(data.y_train) for c, data in enumerate(clients)})
@@ -76,3 +82,31 @@ def test_the_architecture_pages_worked_example_is_a_whole_method(
     fed, per_client = run_in_process(cfg)
     assert fed.done == cfg.rounds
     assert all(c["nonzero_params"] < fed.facts.dense_params for c in per_client)
+
+
+class ResidualBN(nn.Module):
+    """A user's CNN with BatchNorm and a residual addition: channels tied across the skip."""
+
+    def __init__(self, input_shape: tuple[int, ...], classes: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(input_shape[0], 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.head = nn.Linear(8 * input_shape[1] * input_shape[2], classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(y + self.bn2(self.conv2(y)))
+        return self.head(y.flatten(1))
+
+
+@pytest.mark.parametrize("method", ["magnitude", "fedrlprune"])
+def test_structured_pruning_of_a_batchnorm_residual_cnn_compacts_exactly(method: str) -> None:
+    cfg = Config.from_dict({**SETTINGS, "method": method, "prune_mode": "structured"})
+    fed, _ = run_in_process(cfg, ResidualBN)
+    masks = fed.fleet.deploy_masks(0, fed.global_masks)
+    assert {"bn1.weight", "bn2.weight"} <= set(masks)  # BatchNorm follows its channel
+    np.testing.assert_array_equal(masks["conv1.weight"].any((1, 2, 3)), masks["bn1.weight"])
+    model = ResidualBN((1, 8, 8), 10)
+    set_state(model, fed.state)
+    compact = compact_model(model, masks, (1, 8, 8))  # refuses what it cannot remove exactly
+    assert sum(p.numel() for p in compact.parameters()) < fed.facts.dense_params

@@ -14,6 +14,7 @@ import numpy as np
 from torch import nn
 
 from fedrlprune.devices import TIERS, Budget, assign_tiers, budget, within_budget
+from fedrlprune.pruning.groups import ChannelGroup, channel_groups
 from fedrlprune.pruning.masks import pruning_targets
 from fedrlprune.pruning.metrics import (
     ModelCost,
@@ -40,6 +41,7 @@ class ModelFacts:
     total_flops: int
     dense_params: int
     structured: bool  # structured masks: count the cost of the compact model
+    groups: tuple[ChannelGroup, ...] | None  # structured: coupled channels, cut together
 
     @classmethod
     def of(
@@ -59,6 +61,7 @@ class ModelFacts:
             total_flops=total_flops(model, input_shape),
             dense_params=sum(p.numel() for p in named.values()),
             structured=structured,
+            groups=tuple(channel_groups(model, input_shape, targets)) if structured else None,
         )
 
     def cost(self, state: State) -> ModelCost:

@@ -20,6 +20,7 @@ from torch import nn
 
 from fedrlprune.federation.aggregation import aggregate_sparse
 from fedrlprune.federation.messages import Orders, Reply
+from fedrlprune.pruning.groups import ChannelGroup, channel_groups
 from fedrlprune.pruning.masks import MaskEnforcer, layer_sparsity
 from fedrlprune.state import Masks, State
 from fedrlprune.training import StepHook, get_state
@@ -49,6 +50,15 @@ class ClientData:
     targets: list[str]  # the layers that get pruned
     factory: ModelFactory
     cache: dict[str, Any] = field(default_factory=dict)  # what a method counts once per client
+
+    def groups(self, structured: bool) -> list[ChannelGroup] | None:
+        """The coupled channels (BatchNorm, residual additions) structured masks cut together;
+        traced once per client. None in unstructured mode."""
+        if not structured:
+            return None
+        if "groups" not in self.cache:
+            self.cache["groups"] = channel_groups(self.model, self.input_shape, self.targets)
+        return self.cache["groups"]
 
     def initial_state(self, seed: int) -> State:
         """The run's initial weights, rebuilt the way the server builds them (same seed, same

@@ -133,7 +133,8 @@ class FedMP(Method):
     def _cut(self, state: State, ratio: float) -> Masks:
         if ratio <= 0.0:
             return {}
-        return magnitude_masks(state, dict.fromkeys(self.targets, ratio), "structured")
+        rates = dict.fromkeys(self.targets, ratio)
+        return magnitude_masks(state, rates, "structured", None, self.fleet.facts.groups)
 
     def masks_for(self, cid: int, rnd: int, state: State, global_masks: Masks) -> Masks:
         arm = self.bandits[cid].choose()

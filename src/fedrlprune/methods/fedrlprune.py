@@ -166,6 +166,7 @@ class FedRLPrune(Method):
             y_val=data.y_val,
             policy=orders.policy,
             settings=cls._settings(cfg, rl, orders.round, int(data.stats["client"])),
+            groups=data.groups(cfg.structured),
         )
         metrics: dict[str, Any] = {f"rate/{layer}": r for layer, r in result.rates.items()}
         metrics |= {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fedrlprune.devices import Budget
+from fedrlprune.pruning.groups import ChannelGroup
 from fedrlprune.pruning.masks import MagnitudeRanking
 from fedrlprune.rl.agent import DQNAgent, DQNConfig, greedy_rates, train
 from fedrlprune.rl.env import OBS_DIM, ClientFeatures, LayerInfo, PruningEnv
@@ -79,11 +80,12 @@ def rl_prune(
     y_val: torch.Tensor,
     policy: Mapping[str, np.ndarray],
     settings: RLSettings,
+    groups: Sequence[ChannelGroup] | None = None,
 ) -> RLResult:
     """Train the policy on this client's pruning MDP (if allowed), prune greedily, return all."""
     start = time.perf_counter()
     names = [layer.name for layer in layers]
-    ranking = MagnitudeRanking(state, names, mode, masks or None)
+    ranking = MagnitudeRanking(state, names, mode, masks or None, groups)
     accuracy = ValAccuracy(model, state, ranking, names, x_val, y_val)
     floor = {
         name: float(1.0 - masks[f"{name}.weight"].mean()) if f"{name}.weight" in masks else 0.0
