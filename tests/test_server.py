@@ -73,3 +73,21 @@ def test_a_round_settles_into_the_global_model_only_with_enough_replies() -> Non
     np.testing.assert_allclose(fed.state["fc1.weight"], moved["fc1.weight"], rtol=1e-6)
     assert all(fed.fleet.clients[c].seen_rounds == [2] for c in chosen)
     assert fed.snapshot([], [], 1.0).round == 2
+
+
+def test_a_budget_out_of_the_models_reach_is_said_before_round_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The MLP's dense head alone holds more parameters than a microcontroller's budget allows.
+    cfg = Config.from_dict({"model": "mlp", "clients": 2, "device_mix": "mcu,laptop"})
+    fed = Federation(cfg, build_model("mlp", (1, 8, 8), 10), (1, 8, 8), TEST)
+    with caplog.at_level("WARNING", logger="fedrlprune"):
+        fed.start({0: 10, 1: 10})
+    assert fed.unreachable == ["mcu"]
+    assert "prune_skip" in caplog.text and "mcu budget" in caplog.text
+    headless = Config.from_dict(
+        {"model": "mlp", "clients": 1, "device_mix": "mcu", "prune_skip": ""}
+    )
+    fed = Federation(headless, build_model("mlp", (1, 8, 8), 10), (1, 8, 8), TEST)
+    fed.start({0: 10})
+    assert fed.unreachable == []

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedrlprune.devices import TIERS, simulated_round, training_flops
+from fedrlprune.devices import TIERS, simulated_round, training_flops, within_budget
 from fedrlprune.experiments.stats import Drops, RoundOutcome, drop_entries
 from fedrlprune.federation.checkpoint import RunState
 from fedrlprune.federation.fleet import Fleet, ModelFacts
 from fedrlprune.federation.messages import Expected, Orders, Reply
 from fedrlprune.methods import METHODS
-from fedrlprune.pruning.masks import apply_masks
+from fedrlprune.pruning.masks import apply_masks, magnitude_masks
+from fedrlprune.pruning.schedule import MAX_RATE
 from fedrlprune.state import Masks, State
 from fedrlprune.training import evaluate, get_state, set_state
 
@@ -56,6 +57,7 @@ class Federation:
         self.dropped: dict[str, list[dict[str, Any]]] = {}  # round (or "deploy") -> dropped
         self.done = 0  # rounds completed (in earlier sessions, when resumed)
         self.train_sizes: dict[int, int] = {}
+        self.unreachable: list[str] = []  # tiers whose budget the model cannot meet
         if resume is not None:
             self._restore(resume)
 
@@ -73,7 +75,30 @@ class Federation:
     def start(self, train_sizes: dict[int, int]) -> None:
         """Once the clients have said how many training samples each holds."""
         self.train_sizes = train_sizes
+        self.unreachable = self._unreachable_budgets()
         self.state, self.global_masks = self.method.start(self.state, train_sizes)
+
+    def _unreachable_budgets(self) -> list[str]:
+        """The device tiers whose budget this model cannot meet even with every pruned layer at
+        the largest rate: said before round 1, with the way out, not found in the summary."""
+        targets = dict.fromkeys(self.facts.targets, MAX_RATE)
+        mode = "structured" if self.cfg.structured else "unstructured"
+        floor = magnitude_masks(self.state, targets, mode, None, self.facts.groups)
+        least = self.facts.cost(apply_masks(self.state, floor))
+        missed = []
+        for tier in sorted({rec.tier for rec in self.fleet.clients}):
+            limit = next(r.budget for r in self.fleet.clients if r.tier == tier)
+            if not within_budget(limit, least.effective_flops, least.nonzero_params):
+                missed.append(tier)
+                log.warning(
+                    "the %s budget (%d params, %d FLOPs) is out of this model's reach: with every "
+                    "pruned layer at %.0f%% it keeps %d params and %d FLOPs, mostly in the "
+                    "layers left dense (prune_skip = %r). Prune those too (prune_skip = \"\"), "
+                    "use a smaller model, or leave the tier out (device_mix)",
+                    tier, limit.max_params, limit.max_flops, MAX_RATE * 100,
+                    least.nonzero_params, least.effective_flops, self.cfg.prune_skip,
+                )  # fmt: skip
+        return missed
 
     def sample(self, rnd: int) -> list[int]:
         """The clients of round `rnd`, in client order (the same for the same seed)."""

@@ -182,6 +182,7 @@ def _summary(
         "seed": cfg.seed,
         **summary(rows, per_client, fed.facts.cost(final), density, fed.failed),
         "dropped_clients": fed.dropped,
+        "unreachable_budgets": fed.unreachable,
         "rounds_without_update": [r["round"] for r in rows if not r["global_updated"]],
     }
 
