@@ -202,6 +202,14 @@ class Config:
         lo=0.0,
         lo_open=True,
     )
+    latency_runs: int = _key(
+        200,
+        "at the end of a run, each deployed model shape and the dense model are timed with "
+        "ONNX Runtime (one thread, batch 1, median of this many calls after a warm-up); 0 skips "
+        "the measurement",
+        lo=0,
+        hi=100_000,
+    )
     seed: int = _key(0, "seed of partitions, sampling, initial weights and training", lo=0)
 
     # ----------------------------------------------------------------------------- building

@@ -19,14 +19,14 @@ import numpy as np
 from fedrlprune.config import Config
 from fedrlprune.data.loaders import ArrayDataset, load_dataset
 from fedrlprune.errors import FedRLPruneError
+from fedrlprune.experiments.latency import deployable
 from fedrlprune.federation.checkpoint import CHECKPOINT
 from fedrlprune.models import ModelFactory, build_model
-from fedrlprune.pruning.compact import compact_model, export_onnx
+from fedrlprune.pruning.compact import export_onnx, onnx_latency
 from fedrlprune.pruning.masks import apply_masks
 from fedrlprune.pruning.metrics import model_cost
 from fedrlprune.pruning.payload import encode, encoded_bytes
 from fedrlprune.state import Masks, State
-from fedrlprune.training import set_state
 
 
 def load_checkpoint(path: Path) -> tuple[State, Masks, dict[int, Masks]]:
@@ -72,7 +72,7 @@ def export_results(
     factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
     state, global_masks, client_masks = load_checkpoint(results / CHECKPOINT)
 
-    targets: dict[str, Masks] = {"global": global_masks}
+    targets: dict[str, Masks] = {"dense": {}, "global": global_masks}
     for entry in summary["per_client"]:  # the first client of each tier stands for its tier
         name = f"tier-{entry['tier']}"
         if name not in targets:
@@ -81,42 +81,59 @@ def export_results(
     out = results / "export"
     out.mkdir(exist_ok=True)
     rows = []
+    model = factory(shape, dataset.num_classes)
     for name, masks in targets.items():
-        model = factory(shape, dataset.num_classes)
-        deployed = apply_masks(state, masks)
-        set_state(model, deployed)
-        model.eval()
-        structured = cfg.prune_mode == "structured" and bool(masks)
-        runnable = compact_model(model, masks, shape) if structured else model
-        export_onnx(runnable, shape, out / f"{name}.onnx")
+        structured = cfg.structured and bool(masks)
+        runnable = deployable(model, state, masks, shape, structured)
+        path = export_onnx(runnable, shape, out / f"{name}.onnx")
         cost = model_cost(runnable, shape)
         rows.append(
             {
                 "model": name,
-                "form": "compact (channels removed)" if structured else "masked (sparse weights)",
+                "form": _form(masks, structured),
                 "params_in_file": cost.dense_params,
                 "nonzero_params": cost.nonzero_params,
                 "effective_flops": cost.effective_flops,
-                "file_bytes": (out / f"{name}.onnx").stat().st_size,
-                "sparse_bytes": encoded_bytes(encode(deployed, masks)),
+                "file_bytes": path.stat().st_size,
+                "sparse_bytes": encoded_bytes(encode(apply_masks(state, masks), masks)),
+                "latency_ms": 1e3
+                * onnx_latency(path, shape, batch=1, runs=cfg.latency_runs or 200),
             }
         )
-    _write_table(out / "export.md", rows, structured=cfg.prune_mode == "structured")
+    for row in rows:  # measured side by side in this one call, against the dense model
+        row["latency_speedup"] = rows[0]["latency_ms"] / row["latency_ms"]
+        row["flops_ratio"] = rows[0]["effective_flops"] / row["effective_flops"]
+    _write_table(out / "export.md", rows, structured=cfg.structured)
     return rows
+
+
+def _form(masks: Masks, structured: bool) -> str:
+    if not masks:
+        return "dense"
+    return "compact (channels removed)" if structured else "masked (sparse weights)"
 
 
 def _write_table(path: Path, rows: list[dict[str, Any]], structured: bool) -> None:
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    lines += [
-        "| " + " | ".join(f"{r[h]:,}" if isinstance(r[h], int) else str(r[h]) for h in head) + " |"
-        for r in rows
-    ]
+    lines += ["| " + " | ".join(_cell(r[h]) for h in head) + " |" for r in rows]
     note = (
-        "Structured masks: each model is rebuilt without its pruned channels, so FLOPs and the "
-        "file shrink."
+        "Structured masks: each model is rebuilt without its pruned channels, so FLOPs, the "
+        "file and the latency shrink."
         if structured
-        else "Unstructured masks: the ONNX file keeps dense shapes (zeros inside); "
-        "`sparse_bytes` is the size in our sparse storage format (bitmask or indices + values)."
+        else "Unstructured masks: the ONNX file keeps dense shapes (zeros inside), so it runs at "
+        "the dense model's speed on a CPU; its FLOPs figure is theoretical (it needs sparse "
+        "kernels). `sparse_bytes` is the size in our sparse storage format (bitmask or indices "
+        "+ values)."
+    )
+    note += (
+        " Latency: ONNX Runtime on this CPU, one thread, batch 1, the median of many calls "
+        "after a warm-up; `latency_speedup` and `flops_ratio` are against the dense model."
     )
     path.write_text("# Exported models\n\n" + "\n".join(lines) + "\n\n" + note + "\n")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -112,6 +112,7 @@ def summary(
         "deployed_param_reduction": cost.dense_params / deployed_params,
         "deployed_flops_reduction": cost.dense_flops / deployed_flops,
         "budget_satisfaction": mean([float(c["within_budget"]) for c in per_client]),
+        "deployed_latency_speedup": mean([c["latency_speedup"] for c in per_client]),
         **groups(per_client),
         **totals(rows),
         "failed_clients": sorted(

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fedrlprune.devices import TIERS, simulated_round, training_flops, within_budget
+from fedrlprune.experiments.latency import deployed_latency
 from fedrlprune.experiments.stats import Drops, RoundOutcome, drop_entries
 from fedrlprune.federation.checkpoint import RunState
 from fedrlprune.federation.fleet import Fleet, ModelFacts
@@ -46,7 +47,7 @@ class Federation:
         test: tuple[torch.Tensor, torch.Tensor],
         resume: RunState | None = None,
     ) -> None:
-        self.cfg, self.model, self.test = cfg, model, test
+        self.cfg, self.model, self.test, self.input_shape = cfg, model, test, input_shape
         self.facts = ModelFacts.of(model, input_shape, cfg.skip_list(), cfg.structured)
         self.fleet = Fleet(cfg, self.facts)
         self.method = METHODS[cfg.method](cfg, self.fleet)
@@ -238,6 +239,24 @@ class Federation:
             entry["accuracy_local_test"] = local
             per_client.append(entry)
         return per_client
+
+    def measure_latency(self, per_client: list[dict[str, Any]]) -> float:
+        """Time every client's deployed model as a device runs it (compact when structured)
+        beside the dense model; add `latency_ms` and `latency_speedup` to each entry and return
+        the dense model's milliseconds (NaN everywhere when `latency_runs` is 0)."""
+        if self.cfg.latency_runs == 0:
+            for entry in per_client:
+                entry["latency_ms"] = entry["latency_speedup"] = float("nan")
+            return float("nan")
+        masks = {c: self.fleet.deploy_masks(c, self.global_masks) for c in self.everyone}
+        dense, ms = deployed_latency(
+            self.model, self.state, masks, self.input_shape, self.cfg.structured,
+            self.cfg.latency_runs,
+        )  # fmt: skip
+        for entry in per_client:
+            entry["latency_ms"] = ms[entry["client"]]
+            entry["latency_speedup"] = dense / ms[entry["client"]]
+        return dense
 
     def snapshot(
         self,

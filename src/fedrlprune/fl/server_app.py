@@ -82,7 +82,10 @@ def serve(
                 progress.round_done(rnd, round_line(row))
             deploy_started = time.perf_counter()
             per_client = deploy(grid, nodes, fed, progress)
+            progress.round_started(cfg.rounds, 1, "measure the deployed models' latency")
+            dense_ms = fed.measure_latency(per_client)
         result = _summary(fed, recorder.rows, per_client, model_fn, data)
+        result["dense_latency_ms"] = dense_ms
         result["setup_seconds"] = setup
         result["deploy_seconds"] = time.perf_counter() - deploy_started
         result["wall_seconds"] = before + time.perf_counter() - started

@@ -16,8 +16,10 @@ remove exactly.
 """
 
 import copy
+import logging
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -194,19 +196,24 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> P
     example = torch.zeros(2, *input_shape, device=param.device, dtype=param.dtype)
     was_training = model.training
     model.eval()
+    # The exporter names every torchvision op it cannot register and a deprecation in torch's
+    # own pytree code: noise at the end of each run, not something a user can act on.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
-        torch.onnx.export(
-            model,
-            (example,),
-            path,
-            dynamo=True,
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-            input_names=["input"],
-            output_names=["output"],
-            opset_version=ONNX_OPSET,
-            external_data=False,
-            verbose=False,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                model,
+                (example,),
+                path,
+                dynamo=True,
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                input_names=["input"],
+                output_names=["output"],
+                opset_version=ONNX_OPSET,
+                external_data=False,
+                verbose=False,
+            )
     finally:
         model.train(was_training)
     onnx.checker.check_model(str(path), full_check=True)
