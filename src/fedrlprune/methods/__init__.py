@@ -12,9 +12,11 @@ from fedrlprune.methods.fedrlprune import FedRLPrune
 from fedrlprune.methods.lotteryfl import LotteryFL
 from fedrlprune.methods.magnitude import Magnitude
 from fedrlprune.methods.prunefl import PruneFL
+from fedrlprune.methods.uniform import Uniform
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (FedRLPrune, FedAvg, Magnitude, PruneFL, FedMP, LotteryFL, FedDST)
+    m.name: m
+    for m in (FedRLPrune, FedAvg, Magnitude, Uniform, PruneFL, FedMP, LotteryFL, FedDST)
 }
 
 __all__ = ["METHODS", "Method"]
