@@ -169,14 +169,15 @@ class Config:
     )
     regrow: bool = _key(
         True,
-        "`fedrlprune`: each pruning round re-prunes from the global model under the global mask, "
-        "so weights pruned too early can come back (false: a client's mask only shrinks)",
+        "`fedrlprune`, `uniform`, `lamp`: each pruning round re-prunes from the global model "
+        "under the global mask, so weights pruned too early can come back (false: a client's "
+        "mask only shrinks)",
     )
     train_core: bool = _key(
         True,
-        "`fedrlprune`: every client also trains the core (the weights all clients keep) as a "
-        "model of its own in each step, so the smallest devices' models work alone, not only "
-        "inside larger ones (the sandwich rule of slimmable networks)",
+        "`fedrlprune`, `uniform`, `lamp`: every client also trains the core (the weights all "
+        "clients keep) as a model of its own in each step, so the smallest devices' models "
+        "work alone, not only inside larger ones (the sandwich rule of slimmable networks)",
     )
     heldout_clients: int = _key(
         0, "clients that never train the policy and use it as it is (zero-shot)", lo=0

@@ -43,6 +43,8 @@ class Orders:
     readjust: float = 0.0  # `feddst`: share of kept weights to prune and regrow after training
     learn: bool = False  # `lotteryfl`: prune further once validation accuracy allows
     loss_delta: bool = False  # `fedmp`: report the training loss before and after
+    budget_flops: float = 0.0  # `uniform`, `lamp`: this pruning step's budget (0: no pruning)
+    budget_params: float = 0.0
 
 
 @dataclass(frozen=True)

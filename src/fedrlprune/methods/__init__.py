@@ -9,12 +9,15 @@ from fedrlprune.methods.fedavg import FedAvg
 from fedrlprune.methods.feddst import FedDST
 from fedrlprune.methods.fedmp import FedMP
 from fedrlprune.methods.fedrlprune import FedRLPrune
+from fedrlprune.methods.lamp import Lamp
 from fedrlprune.methods.lotteryfl import LotteryFL
 from fedrlprune.methods.magnitude import Magnitude
 from fedrlprune.methods.prunefl import PruneFL
+from fedrlprune.methods.uniform import Uniform
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (FedRLPrune, FedAvg, Magnitude, PruneFL, FedMP, LotteryFL, FedDST)
+    m.name: m
+    for m in (FedRLPrune, FedAvg, Magnitude, Uniform, Lamp, PruneFL, FedMP, LotteryFL, FedDST)
 }
 
 __all__ = ["METHODS", "Method"]

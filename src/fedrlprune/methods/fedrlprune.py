@@ -13,13 +13,15 @@ trained under when that fits its final budget; otherwise it asks the policy once
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedrlprune.devices import TIERS, Budget, within_budget
+from fedrlprune.devices import TIERS, Budget
 from fedrlprune.federation.messages import Orders, Reply, RLOrders
-from fedrlprune.methods.base import ClientData, Method, Pruned
+from fedrlprune.methods.base import ClientData, Pruned
+from fedrlprune.methods.budgeted import BudgetedPruning
 from fedrlprune.pruning.masks import apply_masks
 from fedrlprune.pruning.metrics import total_flops
 from fedrlprune.pruning.schedule import scheduled_rate
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from fedrlprune.federation.fleet import Fleet
 
 
-class FedRLPrune(Method):
+class FedRLPrune(BudgetedPruning):
     name = "fedrlprune"
     summary = "per-layer rates from a federated DQN policy, inside each device's budget"
 
@@ -43,52 +45,13 @@ class FedRLPrune(Method):
         self.policies = PolicyStore(initial, cfg.rl_policy, fleet.trainer)
 
     # --------------------------------------------------------------------------- server side
+    # (regrowth, the core, the budgets and the deployment rule: `BudgetedPruning`)
 
-    def masks_for(self, cid: int, rnd: int, state: State, global_masks: Masks) -> Masks:
-        """With `regrow`, a pruning round starts from the global mask: the policy re-prunes from
-        every weight the federation kept, so a weight pruned too early can come back."""
-        own = self.fleet.clients[cid].masks
-        if own is None or (self.cfg.regrow and self.fleet.step(rnd)):
-            return global_masks
-        return own
-
-    def core(self) -> Masks:
-        return self.fleet.core_masks() if self.cfg.train_core else {}
-
-    def orders(self, cid: int, rnd: int, state: State, masks: Masks, core: Masks) -> Orders:
-        step = self.fleet.step(rnd)
-        if not step:
-            return Orders(round=rnd, masks=masks, core=core)
-        rl = self.rl_orders(cid, step, learn=True)
-        policy = self.policies.for_client(cid)
-        return Orders(round=rnd, masks=masks, core=core, policy=policy, rl=rl)
-
-    def deploy_orders(self, cid: int, state: State, masks: Masks) -> Orders:
-        """A client keeps the mask it was last trained under when that fits its final budget:
-        asking the policy again could only prune weights it never trained without."""
-        if self._fits_final(cid, state, masks):
-            return Orders(round=self.cfg.rounds, masks=masks, deploy=True)
-        rl = self.rl_orders(cid, 0, learn=False)
-        policy = self.policies.for_client(cid)
-        return Orders(round=self.cfg.rounds, masks=masks, deploy=True, policy=policy, rl=rl)
-
-    def _fits_final(self, cid: int, state: State, masks: Masks) -> bool:
-        if self.fleet.clients[cid].masks is None:
-            return False
-        cost = self.fleet.facts.cost(apply_masks(state, masks))
-        limit = self.fleet.clients[cid].budget
-        return within_budget(limit, cost.effective_flops, cost.nonzero_params)
-
-    def budget_now(self, cid: int, step: int) -> Budget:
-        """The budget at pruning step `step`: from the dense model toward the client's budget
-        along the same cubic schedule as `magnitude`, so pruning stays progressive."""
-        facts = self.fleet.facts
-        final = self.fleet.clients[cid].budget
-        frac = scheduled_rate(1.0, step, len(self.fleet.prune_rounds))
-        return Budget(
-            facts.total_flops - frac * (facts.total_flops - final.max_flops),
-            facts.dense_params - frac * (facts.dense_params - final.max_params),
-        )
+    def pruning_orders(self, cid: int, orders: Orders, step: int) -> Orders:
+        """`orders` with the policy and the MDP's settings; a policy asked at deployment (step
+        0, when the mask misses the final budget) prunes as it is, without learning."""
+        rl = self.rl_orders(cid, step, learn=not orders.deploy)
+        return replace(orders, policy=self.policies.for_client(cid), rl=rl)
 
     def rl_orders(self, cid: int, step: int, learn: bool) -> RLOrders:
         """What a client needs to run its pruning MDP at step `step` (final budget when 0)."""
