@@ -123,7 +123,8 @@ class FixedRule(BudgetedPruning):
         account = client_account(data, state, masks, cfg.prune_mode, orders)
         counts = cls.counts(state, masks, account, cfg.prune_mode)
         names = [u.name for u in account.layers]
-        ranking = MagnitudeRanking(state, names, cfg.prune_mode, masks or None)
+        groups = data.groups(cfg.structured)
+        ranking = MagnitudeRanking(state, names, cfg.prune_mode, masks or None, groups)
         new = ranking.masks({u.name: exact_rate(counts[u.name], u.size) for u in account.layers})
         metrics = {f"rate/{u.name}": counts[u.name] / u.size for u in account.layers}
         return Pruned(apply_masks(state, new), new, metrics)
