@@ -163,8 +163,9 @@ class Config:
         choices=POLICIES,
     )
     lottery_threshold: float = _key(
-        0.5,
-        "`lotteryfl`: a client prunes further once its validation accuracy reaches this",
+        0.2,
+        "`lotteryfl`: a client prunes further once its validation accuracy exceeds this (the "
+        "official `--prune_start_acc`)",
         lo=0,
         hi=1,
     )
