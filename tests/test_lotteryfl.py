@@ -19,7 +19,17 @@ from fedrlprune.training import get_state
 def test_prune_only_when_good_enough_and_not_yet_sparse_enough() -> None:
     assert lotteryfl.should_prune(0.6, 0.5, 0.2, 0.5)
     assert not lotteryfl.should_prune(0.4, 0.5, 0.2, 0.5)  # below the threshold
+    assert not lotteryfl.should_prune(0.5, 0.5, 0.2, 0.5)  # lotteryFL.py: acc > threshold
     assert not lotteryfl.should_prune(0.9, 0.5, 0.5, 0.5)  # at the target already
+
+
+def test_defaults_are_the_official_runs() -> None:
+    # README runs: --prune_start_acc 0.2 --prune_percent 20 (options.py default: 0.2 and 10).
+    assert Config().lottery_threshold == 0.2
+    assert lotteryfl.PRUNE_STEP == 0.2
+    # A fresh model on ten classes (about 0.1) does not prune; one past 0.2 does.
+    assert not lotteryfl.should_prune(0.1, Config().lottery_threshold, 0.0, 0.8)
+    assert lotteryfl.should_prune(0.25, Config().lottery_threshold, 0.0, 0.8)
 
 
 def test_each_step_prunes_a_fifth_of_what_is_left_up_to_the_target() -> None:

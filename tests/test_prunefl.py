@@ -4,10 +4,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
+from fedrlprune.config import Config
+from fedrlprune.data.federated import global_test
+from fedrlprune.data.loaders import load_dataset
 from fedrlprune.devices import DeviceProfile
 from fedrlprune.experiments.runner import run_experiment
-from fedrlprune.methods import prunefl
+from fedrlprune.federation.checkpoint import RunState
+from fedrlprune.federation.client import client_data, train_round
+from fedrlprune.federation.messages import Reply
+from fedrlprune.federation.server import Federation
+from fedrlprune.methods import base, prunefl
+from fedrlprune.models import build_model
+from fedrlprune.pruning.masks import apply_masks
+from fedrlprune.training import as_tensors
 
 
 def test_readjust_drops_the_weakest_kept_weights_unless_their_importance_pays() -> None:
@@ -54,6 +66,99 @@ def test_seconds_per_weight_count_compute_and_both_links() -> None:
 def test_importance_of_the_clients_is_summed() -> None:
     got = prunefl.summed_importance([{"w": np.array([1.0, 2.0])}, {"w": np.array([0.5, 0.0])}])
     np.testing.assert_allclose(got["w"], [1.5, 2.0])
+
+
+def test_a_rounds_importance_is_its_summed_gradient_squared_times_its_samples() -> None:
+    # adaptive.py: accumulated_sgrad[key] += (grad ** 2) * num_proc_data, grad summed over steps
+    got = prunefl.round_importance({"w": np.array([1.0, -2.0, 0.0])}, 3)
+    np.testing.assert_allclose(got["w"], [3.0, 12.0, 0.0])
+    # The share dropped halves every HALF_LIFE rounds (MAX_DEC_DIFF 0.3, ADJ_HALF_LIFE 10000).
+    assert prunefl.decrease_share(1) == pytest.approx(0.3)
+    assert prunefl.decrease_share(prunefl.HALF_LIFE + 1) == pytest.approx(0.15)
+
+
+def test_the_hook_sums_gradients_over_the_steps_before_anything_is_squared() -> None:
+    model = nn.Linear(2, 1, bias=True)
+    mask = {"weight": np.array([[True, False]])}  # the second weight is pruned
+    hook = prunefl.ImportanceHook(model, mask, ["weight"])
+    grads = []
+    for x in (torch.tensor([[1.0, 2.0]]), torch.tensor([[-3.0, 1.0]])):
+        model.zero_grad()
+        model(x).sum().backward()
+        assert model.weight.grad is not None
+        grads.append(model.weight.grad.clone())
+        hook.before_step()
+        hook.after_step()
+    # Summed (1 - 3, 2 + 1), not squared per step: opposite gradients cancel. The pruned weight
+    # is counted too, read before the mask zeroes its gradient.
+    np.testing.assert_allclose(hook.sums["weight"].numpy(), (grads[0] + grads[1]).numpy())
+    np.testing.assert_allclose(hook.sums["weight"].numpy(), [[-2.0, 3.0]])
+    np.testing.assert_allclose(hook.rest["bias"].numpy(), [2.0])
+
+
+# Readjusts in round 4 only: rounds 1-3 gather importance for it.
+SHORT = {"dataset": "digits", "model": "mlp", "method": "prunefl", "clients": 2, "rounds": 5,
+         "local_epochs": 1, "lr": 0.05, "prune_start": 0.6, "prune_until": 0.6,
+         "data_fraction": 0.3, "eval_every": 5}  # fmt: skip
+
+
+def _federation(
+    cfg: Config, resume: RunState | None = None
+) -> tuple[Federation, list[base.ClientData]]:
+    dataset = load_dataset(cfg.dataset)
+    clients = [client_data(cfg, c, None, dataset) for c in range(cfg.clients)]
+    torch.manual_seed(cfg.seed)  # the same initial model for every run, as the runner builds it
+    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+    test = as_tensors(*global_test(cfg, dataset))
+    fed = Federation(cfg, model, dataset.input_shape, test, resume)
+    fed.start({c: len(data.y_train) for c, data in enumerate(clients)})
+    return fed, clients
+
+
+def _play(fed: Federation, clients: list[base.ClientData], rounds: range) -> dict[int, dict]:
+    """Rounds with in-process clients; every accepted reply by round."""
+    seen = {}
+    for rnd in rounds:
+        orders = fed.orders(rnd, fed.sample(rnd))
+        replies = {}
+        for c, o in orders.items():
+            up = train_round(fed.cfg, clients[c], apply_masks(fed.state, o.masks), o.masks, o)
+            replies[c] = Reply(up.state, up.masks, up.metrics, up.policy, 1, up.importance)
+        fed.settle(rnd, orders, replies, {}, dict.fromkeys(orders, 1))
+        seen[rnd] = replies
+    return seen
+
+
+def test_importance_gathers_over_every_round_since_the_last_readjustment_and_resumes() -> None:
+    cfg = Config.from_dict(SHORT)
+    assert cfg.rounds == 5
+    fed, clients = _federation(cfg)
+    assert fed.fleet.prune_rounds == [4]
+    seen = _play(fed, clients, range(1, 4))
+    # Every round before the readjustment sent importance, and the server holds their sum over
+    # clients and rounds (ControlModule.accumulate), not the last round's alone.
+    assert all(r.importance is not None for rnd in (1, 2, 3) for r in seen[rnd].values())
+    for name, held in fed.method.pending.items():  # type: ignore[attr-defined]
+        want = sum(r.importance[name].astype(np.float64) for rnd in (1, 2, 3)
+                   for r in seen[rnd].values())  # fmt: skip
+        np.testing.assert_allclose(held, want)
+        last = sum(r.importance[name] for r in seen[3].values())
+        assert held.sum() > last.sum()
+    seen |= _play(fed, clients, range(4, 6))
+    assert fed.method.pending == {}  # type: ignore[attr-defined]
+    assert all(r.importance is None for rnd in (4, 5) for r in seen[rnd].values())  # no later
+    kept = sum(int(m.sum()) for m in fed.global_masks.values())
+    assert 0 < kept < sum(m.size for m in fed.global_masks.values())  # round 4 readjusted
+
+    # Stopped after round 2 (importance pending) and resumed: the same run, bit for bit.
+    stopped, clients = _federation(cfg)
+    _play(stopped, clients, range(1, 3))
+    resumed, clients = _federation(cfg, stopped.snapshot([], [], 0.0))
+    _play(resumed, clients, range(3, 6))
+    for name, value in fed.state.items():
+        np.testing.assert_array_equal(resumed.state[name], value)
+    for name, mask in fed.global_masks.items():
+        np.testing.assert_array_equal(resumed.global_masks[name], mask)
 
 
 def test_prunefl_end_to_end_shares_one_readjusted_mask(tmp_path: Path) -> None:

@@ -92,7 +92,8 @@ class Config:
     )
     prune_rate: float = _key(
         0.8,
-        "`magnitude`, `lotteryfl`, `feddst`: final sparsity of every pruned layer",
+        "`magnitude`, `lotteryfl`: final sparsity of every pruned layer; `feddst`: its sparsity "
+        "over the pruned layers, spread by `feddst_distribution`",
         lo=0.0,
         hi=0.99,
     )
@@ -162,10 +163,20 @@ class Config:
         choices=POLICIES,
     )
     lottery_threshold: float = _key(
-        0.5,
-        "`lotteryfl`: a client prunes further once its validation accuracy reaches this",
+        0.2,
+        "`lotteryfl`: a client prunes further once its validation accuracy exceeds this (the "
+        "official `--prune_start_acc`)",
         lo=0,
         hi=1,
+    )
+    feddst_every: int = _key(
+        10, "`feddst`: rounds between mask readjustments (shrunk for short runs)", lo=1
+    )
+    feddst_ratio: float = _key(
+        0.5, "`feddst`: share of kept weights each client moves in a readjustment", lo=0, hi=1
+    )
+    feddst_distribution: str = _key(
+        "erk", "`feddst`: how `prune_rate` spreads over the layers", choices=("erk", "uniform")
     )
     regrow: bool = _key(
         True,

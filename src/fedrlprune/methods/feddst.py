@@ -2,27 +2,37 @@
 
 Paper: S. Bibikar, H. Vikalo, Z. Wang, X. Chen, "Federated Dynamic Sparse Training: Computing
 Less, Communicating Less, Yet Learning Better", AAAI 2022 (code: github.com/bibikar/feddst,
-`dst.py`).
+`dst.py`, `models.py`). We run it as that code runs it.
 
 What it does. The model is sparse from the first round: the server prunes the initial model by
-magnitude to `prune_rate` in every pruned layer. Each round clients take the global model under
-the global mask and train it with the mask enforced. In a readjustment round each client then
-moves its mask (`prune_and_regrow`): it drops the `ratio` share of its kept weights with the
-smallest |w| and regrows as many pruned weights with the largest |gradient| (the gradient of its
-local loss at its trained weights, pruned entries included), at zero, so its sparsity stays
-what it was. The ratio anneals with a cosine from `READJUST_RATIO` to zero at half the run
-(`readjust_ratio`). The server merges with the mask-vote weighted average (`vote` rule: a weight
-counts where a client keeps it), keeps every weight some client voted for, re-prunes each layer
-by magnitude back to `prune_rate` (`server_sparsity` in the aggregation), and zeroes what the
-new mask drops.
+magnitude to `prune_rate` overall, spread over the layers by `feddst_distribution` (`erk`, the
+official default, as `models.py` `_weights_by_layer` computes it: a layer's sparsity in
+proportion to 1 - (n_in + n_out + sum(kernel)) / (n_in n_out prod(kernel)); or `uniform`).
+Each round clients take the global model under the global mask and train it with the mask
+enforced. In a readjustment round (`readjust_rounds`: every `feddst_every` rounds from the
+second round on, until half the run, as `dst.py` does) each client then moves its mask after
+its local epochs (`prune_and_regrow`): it drops the `feddst_ratio` share of its kept weights
+with the smallest |w| and regrows as many pruned weights with the largest |gradient|, at zero,
+so its sparsity stays what it was. The ratio is constant: `dst.py` computes a cosine-annealed
+ratio (the paper's alpha_t) but `Client.train` prunes with `args.readjustment_ratio`, so the
+annealing only ends the readjustments at `--rate-decay-end` (half the run). The server merges
+with the mask-vote weighted average (`vote` rule: a weight counts where a client keeps it),
+keeps every weight some client voted for (`--min-votes 0`), re-prunes each layer by magnitude
+back to its sparsity, and zeroes what the new mask drops.
 
-Where we depart from the paper, and why:
-- Layer sparsity is uniform (`prune_rate` in every pruned layer); the paper's default is ERK.
-- Readjustment rounds are the pruning rounds of the schedule (`prune_start`, `prune_until`,
-  `prune_every`), the paper's "every R rounds" with R = `prune_every`; a client moves its mask
-  after its local epochs rather than at a set epoch inside them, and its gradient is that of
-  its whole training split (the paper uses the last mini-batch).
-- Weight decay and momentum come from the run's config (the paper uses 0.001 and 0.9).
+Where we depart from the official code, and why:
+- Short runs: with `rounds // 2 - 2 < feddst_every` the interval shrinks to `rounds // 2 - 2`
+  (at least 1), so a run of 20-40 rounds still readjusts twice; the official 10 over 400
+  rounds gives 20 readjustments, which our runs cannot hold at that interval.
+- Regrowth picks only among pruned weights (as the paper and RigL say); the official
+  `layer_grow` takes the top |gradient| over every entry, kept ones included, which zeroes
+  kept weights and regrows fewer than it dropped.
+- The gradient for regrowth is that of the client's whole training split (the official code
+  uses its last mini-batch); the layers are our pruned layers (the head stays dense, by
+  `prune_skip`), and ERK counts weights only (the official code counts biases too); a layer
+  ERK would prune entirely keeps one weight (the official code leaves it dense).
+- Weight decay, momentum, local epochs and batch size come from the run's config, the same for
+  every method (the official defaults: 0.001, 0.9, 10 epochs, batch 32).
 
 Device budgets: FedDST has one sparsity for everyone and no notion of per-client capacity; we do
 not force budgets on it, and `budget_satisfaction` reports how many deployed models fit.
@@ -30,7 +40,6 @@ not force budgets on it, and `budget_satisfaction` reports how many deployed mod
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,15 +55,30 @@ from fedrlprune.training import StepHook, get_state, set_state
 if TYPE_CHECKING:
     from fedrlprune.config import Config
 
-READJUST_RATIO = 0.5  # the paper's default share of kept weights moved per readjustment
+
+def readjust_rounds(rounds: int, every: int) -> list[int]:
+    """Our (1-based) rounds in which clients move their masks: `dst.py` readjusts in its
+    0-based rounds r with (r - 1) % every == 0 while r < rounds // 2 (its `--rate-decay-end`
+    default, where the annealed ratio reaches 0). `every` shrinks so that a short run still
+    gets two readjustments where half of it allows."""
+    end = rounds // 2
+    step = max(1, min(every, end - 2))
+    return [r + 1 for r in range(1, end, step)]
 
 
-def readjust_ratio(rnd: int, end: int, start: float = READJUST_RATIO) -> float:
-    """The share of kept weights moved in round `rnd`: cosine annealing from `start` at round 0
-    to 0 at round `end` (the paper's `rate_decay_end`, half the run), 0 after."""
-    if end <= 0 or rnd >= end:
-        return 0.0
-    return start / 2.0 * (1.0 + math.cos(math.pi * rnd / end))
+def erk_rates(shapes: dict[str, tuple[int, ...]], sparsity: float) -> dict[str, float]:
+    """Per-layer sparsity with `sparsity` overall, as the official `_weights_by_layer` spreads
+    it: each layer's in proportion to 1 - (n_in + n_out + sum(kernel)) / (n_in n_out
+    prod(kernel)), so large layers are pruned most. A layer is kept at one weight at least."""
+    raw, size = {}, {}
+    for layer, shape in shapes.items():
+        n_out, n_in, kernel = shape[0], shape[1] if len(shape) > 1 else 1, shape[2:]
+        fan = n_in + n_out + (sum(kernel) if kernel else 0)
+        raw[layer] = 1.0 - fan / (n_in * n_out * int(np.prod(kernel, dtype=np.int64)))
+        size[layer] = int(np.prod(shape, dtype=np.int64))
+    weighted = sum(raw[k] * size[k] for k in shapes)
+    scale = sparsity * sum(size.values()) / weighted if weighted > 0 else 0.0
+    return {k: float(min(max(raw[k] * scale, 0.0), 1.0 - 1.0 / size[k])) for k in shapes}
 
 
 def prune_and_regrow(
@@ -110,9 +134,14 @@ class FedDST(Method):
     may_move = True
 
     def start(self, state: State, train_sizes: dict[int, int]) -> tuple[State, Masks]:
-        masks = magnitude_masks(state, dict.fromkeys(self.targets, self.cfg.prune_rate))
-        # The cosine anneals to zero just after the last readjustment round.
-        self.end = max(self.fleet.prune_rounds) + 1
+        self.readjust_in = set(readjust_rounds(self.cfg.rounds, self.cfg.feddst_every))
+        shapes = {t: tuple(np.shape(state[f"{t}.weight"])) for t in self.targets}
+        if self.cfg.feddst_distribution == "erk":
+            self.rates = erk_rates(shapes, self.cfg.prune_rate)
+        else:
+            self.rates = dict.fromkeys(self.targets, self.cfg.prune_rate)
+        self.rates = {t: max(r, self.cfg.server_sparsity) for t, r in self.rates.items()}
+        masks = magnitude_masks(state, self.rates)
         return apply_masks(state, masks), masks
 
     def masks_for(self, cid: int, rnd: int, state: State, global_masks: Masks) -> Masks:
@@ -122,15 +151,17 @@ class FedDST(Method):
         return global_masks
 
     def orders(self, cid: int, rnd: int, state: State, masks: Masks, core: Masks) -> Orders:
-        ratio = readjust_ratio(rnd, self.end) if rnd in self.fleet.prune_rounds else 0.0
+        ratio = self.cfg.feddst_ratio if rnd in self.readjust_in else 0.0
         return Orders(round=rnd, masks=masks, core=core, readjust=ratio)
 
     def merge_options(self) -> dict[str, Any]:
-        target = max(self.cfg.prune_rate, self.cfg.server_sparsity)
-        return {"vote_threshold": ANY_VOTE, "target_sparsity": target}
+        return {"vote_threshold": ANY_VOTE, "target_sparsity": None}
 
     def merge(self, rnd: int, state: State, replies: dict[int, Any]) -> tuple[State, Masks]:
-        state, global_masks = super().merge(rnd, state, replies)
+        """The vote-weighted merge over the union of the clients' masks, then each layer
+        re-pruned by magnitude back to its sparsity (`dst.py`, after aggregation)."""
+        state, union = super().merge(rnd, state, replies)
+        global_masks = magnitude_masks(state, self.rates, "unstructured", union)
         return apply_masks(state, global_masks), global_masks
 
     @classmethod

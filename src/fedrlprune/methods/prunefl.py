@@ -2,31 +2,42 @@
 
 Paper: Y. Jiang, S. Wang, V. Valls, B. J. Ko, W.-H. Lee, K. K. Leung, L. Tassiulas, "Model
 Pruning Enables Efficient Federated Learning on Edge Devices", IEEE TNNLS 2022 (code:
-github.com/jiangyuang/PruneFL, `control/algorithm.py`).
+github.com/jiangyuang/PruneFL, `control/algorithm.py`, `bases/fl/simulation/adaptive.py`,
+`configs/*.py`). We run it as that code runs it.
 
-What it does. Every client trains the same sparse model (the server's mask) and, in the round
-before a readjustment, sums the squared gradients of every weight of the pruned layers, pruned
-weights included (their gradient says what regrowing them would buy). The server adds the
-clients' sums and readjusts the mask (`readjust`): in each layer the kept weights of smallest
-magnitude (`DECREASE_SHARE` of them) become candidates for removal beside every pruned weight;
-then, as in the paper, the candidates are taken back in order of importance per second of round
-time, as long as each one raises the ratio (importance kept) / (round time). The importance of a
-weight is its summed squared gradient (the paper's first-order estimate of the risk reduction it
-gives); its time is what it adds to a round on the slowest device tier of the run (training
-FLOPs over the tier's speed plus its 32 bits up and down over the tier's links,
+What it does. Every client trains the same sparse model (the server's mask). In each round it
+sums the gradient of every parameter over its local steps, pruned weights included (their
+gradient says what regrowing them would buy), and its importance for the round is that sum
+squared times the samples it processed (`round_importance`; `AdaptiveClient.main`). The
+server adds these up over the clients and over every round since the last readjustment
+(`ControlModule.accumulate`) and readjusts the mask at the next one (`readjust`): in each layer
+the kept weights of smallest magnitude (`decrease_share`: 30%, halving every `HALF_LIFE`
+rounds) become candidates for removal beside every pruned weight; then the candidates are
+taken back in order of importance per second of round time, as long as each one raises the
+ratio (importance kept) / (round time) (`architecture_search`). The importance of the weights
+that are never candidates (biases, layers not pruned) counts in the kept importance. A
+weight's time is what it adds to a round on the slowest device tier of the run (training FLOPs
+over the tier's speed plus its 32 bits up and down over the tier's links,
 `seconds_per_weight`), the paper's per-parameter computation and communication coefficients.
 
-Where we depart from the paper, and why:
+Where we depart from the official code, and why:
 - Initial pruning is the first readjustment, done after the dense rounds before `prune_start`
-  with the squared gradients of the clients of the round before. The paper prunes first on one
-  selected client, repeating the readjustment before federated training starts; our runner has
-  no round without federated training, and one dense round gives the same kind of signal.
+  with the importance the clients accumulated over them. The official code prunes first on
+  one client's data on the server, readjusting every 50 steps until the density settles; our
+  runner has no round without federated training, and the dense rounds give the same signal.
 - Readjustments happen at the pruning rounds of the schedule (`prune_start`, `prune_until`,
-  `prune_every`), not every fixed number of iterations until convergence as in the paper.
+  `prune_every`). The official interval, 50 rounds over 10,000, gives no readjustment at all
+  in our 20-40 round runs; `prune_every` sets ours, and the importance still covers every
+  round since the previous readjustment.
 - Time coefficients come from the device profiles (`devices.py`), not from timing the real
   hardware; the fixed part of a round (layers that are not pruned) is counted the same way.
-- Regrown weights start from zero, as in the paper; clients do not send importance every round,
-  only in the round before a readjustment (its bytes are counted in the upload).
+- Our clients keep nothing between rounds, so the server, not the client, sums a client's
+  rounds: a client sends its importance in every round before the last readjustment (its
+  bytes are counted in the upload), where the official client uploads its sum once per
+  interval. The sum is the same.
+- The official client adds `param.grad` into a dict that holds the first step's gradient
+  tensor itself, which `model.zero_grad()` zeroes in place before PyTorch 2.0 (leaving twice
+  the last step's gradient); we sum the gradients of every step, as the code plainly means.
 
 Device budgets: PruneFL has one model for every client and no notion of per-client capacity; it
 sizes the model for round time, not for the weakest device. We do not force budgets on it, and
@@ -52,8 +63,12 @@ from fedrlprune.training import StepHook
 
 if TYPE_CHECKING:
     from fedrlprune.config import Config
+    from fedrlprune.federation.fleet import Fleet
 
-DECREASE_SHARE = 0.3  # share of a layer's kept weights that may be dropped per readjustment
+# Share of a layer's kept weights that may be dropped per readjustment, halving every HALF_LIFE
+# rounds (`MAX_DEC_DIFF` and `ADJ_HALF_LIFE` of every dataset in the official `configs/*.py`).
+DECREASE_SHARE = 0.3
+HALF_LIFE = 10_000
 BYTES_PER_WEIGHT = 4  # float32 on the wire
 
 
@@ -148,19 +163,37 @@ def summed_importance(replies: list[State]) -> State:
     return out
 
 
+def round_importance(summed_grads: Mapping[str, np.ndarray], samples: int) -> State:
+    """A client's importance for one round: its gradient summed over the round's local steps,
+    squared, times the samples it processed (`(grad ** 2) * num_proc_data` in the official
+    `AdaptiveClient.main`)."""
+    return {n: np.square(np.asarray(g, np.float64)) * samples for n, g in summed_grads.items()}
+
+
+def decrease_share(rnd: int) -> float:
+    """The share of kept weights that may be dropped in round `rnd`: `MAX_DEC_DIFF * 0.5 **
+    (idx / ADJ_HALF_LIFE)` of the official `AdaptiveServer.main`, idx its 0-based round."""
+    return DECREASE_SHARE * 0.5 ** ((rnd - 1) / HALF_LIFE)
+
+
 def as_layer_masks(masks: Masks, layers: list[str]) -> dict[str, np.ndarray]:
     """`{layer: mask}` from the state-dict keyed masks (`layer.weight`)."""
     return {layer: masks[f"{layer}.weight"] for layer in layers if f"{layer}.weight" in masks}
 
 
 class PruneFL(Method):
-    """One shared mask, readjusted at the pruning rounds from the clients' squared gradients."""
+    """One shared mask, readjusted at the pruning rounds from the clients' importance."""
 
     name = "prunefl"
     summary = "PruneFL: one mask readjusted by gradient importance per second of round time"
     modes = ("unstructured",)
-    resumable = False  # the pending importance is not in the checkpoint
     keeps_own_masks = False
+
+    def __init__(self, cfg: Config, fleet: Fleet) -> None:
+        super().__init__(cfg, fleet)
+        self.masks: Masks = {}
+        self.pending: State = {}  # importance summed over clients and rounds since a readjustment
+        self.pending_rest = 0.0  # the same for every parameter that is never a candidate
 
     def start(self, state: State, train_sizes: dict[int, int]) -> tuple[State, Masks]:
         # The round time PruneFL minimises is the slowest client's: the slowest tier present,
@@ -174,13 +207,13 @@ class PruneFL(Method):
         self.base_seconds = fixed_seconds(
             facts.total_flops, facts.dense_params, facts.layer_flops, weights, slowest, samples
         )
-        self.pending: dict[int, tuple[State, float]] = {}
-        self.masks: Masks = {}
         self.reference = {f"{t}.weight": state[f"{t}.weight"] for t in self.targets}
-        return state, {}
+        return state, dict(self.masks)  # a resumed run keeps its restored mask
 
     def importance_layout(self, rnd: int) -> State | None:
-        return self.reference if rnd + 1 in self.fleet.prune_rounds else None
+        """Every round before the last readjustment adds to the importance of the next one."""
+        later = any(p > rnd for p in self.fleet.prune_rounds)
+        return self.reference if later else None
 
     def masks_for(self, cid: int, rnd: int, state: State, global_masks: Masks) -> Masks:
         return self.masks
@@ -194,30 +227,42 @@ class PruneFL(Method):
 
     def observe(self, cid: int, reply: Reply, seconds: float) -> None:
         if reply.importance is not None:
-            rest = float(reply.metrics.get("importance-rest", 0.0))
-            self.pending[cid] = (reply.importance, rest)
+            self.pending = summed_importance([self.pending, reply.importance])
+            self.pending_rest += float(reply.metrics.get("importance-rest", 0.0))
 
     def before_round(self, rnd: int, state: State, global_masks: Masks) -> tuple[State, Masks]:
         if rnd not in self.fleet.prune_rounds or not self.pending:
             return state, global_masks
-        replies = [self.pending[c] for c in sorted(self.pending)]
-        summed = summed_importance([imp for imp, _ in replies])
         state = apply_masks(state, self.masks)  # regrown weights start from zero
         layers = readjust(
             {t: state[f"{t}.weight"] for t in self.targets},
             as_layer_masks(self.masks, self.targets),
-            {t: summed[f"{t}.weight"] for t in self.targets},
+            {t: self.pending[f"{t}.weight"] for t in self.targets},
             self.seconds,
             self.base_seconds,
-            base_importance=sum(rest for _, rest in replies),
+            base_importance=self.pending_rest,
+            decrease=decrease_share(rnd),
         )
         self.masks = {f"{t}.weight": mask for t, mask in layers.items()}
-        self.pending = {}
+        self.pending, self.pending_rest = {}, 0.0
         return apply_masks(state, self.masks), dict(self.masks)
 
     def merge(self, rnd: int, state: State, replies: dict[int, Reply]) -> tuple[State, Masks]:
         state, _ = super().merge(rnd, state, replies)
         return state, dict(self.masks)
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """The shared mask and the importance gathered since the last readjustment."""
+        return {
+            **{f"mask/{n}": m for n, m in self.masks.items()},
+            **{f"pending/{n}": v for n, v in self.pending.items()},
+            "pending-rest": np.array(self.pending_rest),
+        }
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        self.masks = {k[5:]: v.astype(bool) for k, v in arrays.items() if k.startswith("mask/")}
+        self.pending = {k[8:]: v for k, v in arrays.items() if k.startswith("pending/")}
+        self.pending_rest = float(arrays.get("pending-rest", 0.0))
 
     @classmethod
     def training_hook(
@@ -234,35 +279,36 @@ class PruneFL(Method):
         metrics: dict[str, Any] = rate_metrics(masks)
         if not isinstance(hook, ImportanceHook):
             return Finished(masks, metrics)
-        importance = {n: t.detach().cpu().numpy().copy() for n, t in hook.sums.items()}
-        return Finished(masks, metrics | {"importance-rest": hook.rest}, importance)
+        samples = len(data.y_train) * cfg.local_epochs  # `train` passes over every sample
+        summed = {n: t.detach().cpu().numpy() for n, t in hook.sums.items()}
+        rest = round_importance({n: t.cpu().numpy() for n, t in hook.rest.items()}, samples)
+        metrics["importance-rest"] = float(sum(v.sum() for v in rest.values()))
+        importance = {n: v.astype(np.float32) for n, v in round_importance(summed, samples).items()}
+        return Finished(masks, metrics, importance)
 
 
 @dataclass
 class ImportanceHook:
-    """Sums every weight's squared gradient over the local steps, pruned weights included (read
-    before the mask zeroes their gradient), then enforces the mask."""
+    """Sums every parameter's gradient over the round's local steps, pruned weights included
+    (read before the mask zeroes their gradient), then enforces the mask."""
 
     model: nn.Module
     masks: Masks
     names: list[str]
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    rest: float = 0.0  # squared gradients of every other parameter, summed
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # the pruned layers' weights
+    rest: dict[str, torch.Tensor] = field(default_factory=dict)  # every other parameter
 
     def __post_init__(self) -> None:
         self.enforcer = MaskEnforcer(self.model, self.masks) if self.masks else None
         self.params = dict(self.model.named_parameters())
         self.sums = {n: torch.zeros_like(self.params[n]) for n in self.names}
+        self.rest = {n: torch.zeros_like(p) for n, p in self.params.items() if n not in self.sums}
 
     def before_step(self) -> None:
         with torch.no_grad():
             for name, param in self.params.items():
-                if param.grad is None:
-                    continue
-                if name in self.sums:
-                    self.sums[name] += param.grad.square()
-                else:
-                    self.rest += float(param.grad.square().sum())
+                if param.grad is not None:
+                    (self.sums if name in self.sums else self.rest)[name] += param.grad
         if self.enforcer is not None:
             self.enforcer.before_step()
 
