@@ -137,8 +137,8 @@ def check_resumable(out: Path, config: Config | None = None) -> tuple[Config, Ru
     cfg = Config.load(out / "config.toml")
     if cfg.method not in RESUMABLE:
         raise FedRLPruneError(
-            f"{out} is a `{cfg.method}` run: that baseline keeps server state the checkpoint "
-            f"does not hold (e.g. bandits, importance), so it cannot resume; start it again. "
+            f"{out} is a `{cfg.method}` run, which cannot resume yet (its server state is not "
+            "all in the checkpoint, or resuming it is not tested); start it again. "
             f"Resumable methods: {', '.join(RESUMABLE)}"
         )
     run = load_run_state(out / CHECKPOINT)
