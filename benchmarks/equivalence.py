@@ -40,12 +40,14 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def differences(before: Path, after: Path) -> list[str]:
-    """Every figure that differs between two results folders, timings aside."""
+def differences(before: Path, after: Path) -> tuple[list[str], list[str]]:
+    """Every figure that differs between two results folders, timings aside; and the figures
+    only the newer version writes (added, so not a change of behaviour)."""
     out = []
     a = flat(json.loads((before / "summary.json").read_text()))
     b = flat(json.loads((after / "summary.json").read_text()))
-    for key in sorted(set(a) | set(b)):
+    added = sorted(k for k in set(b) - set(a) if not any(s in k for s in SKIP))
+    for key in sorted(set(a)):
         if not any(s in key for s in SKIP) and a.get(key) != b.get(key):
             out.append(f"summary {key}: {a.get(key)!r} -> {b.get(key)!r}")
     for name in ("metrics.csv", "rates.csv"):
@@ -56,7 +58,7 @@ def differences(before: Path, after: Path) -> list[str]:
             for col in sorted(set(x) | set(y)):
                 if "seconds" not in col and x.get(col) != y.get(col):
                     out.append(f"{name} row {i} {col}: {x.get(col)!r} -> {y.get(col)!r}")
-    return out
+    return out, added
 
 
 def main() -> None:
@@ -73,15 +75,16 @@ def main() -> None:
         f"`{args.before}` against `{args.after}`: every figure of summary.json, metrics.csv and "
         "rates.csv compared exactly, wall-clock timings aside.",
         "",
-        "| run | " + " | ".join(SHOWN) + " | figures that differ |",
-        "| --- | " + " | ".join("---" for _ in SHOWN) + " | --- |",
+        "| run | " + " | ".join(SHOWN) + " | figures that differ | figures new in `after` |",
+        "| --- | " + " | ".join("---" for _ in SHOWN) + " | --- | --- |",
     ]
     for name in names:
         summary = json.loads((args.after / name / "summary.json").read_text())
-        diff = differences(args.before / name, args.after / name)
+        diff, added = differences(args.before / name, args.after / name)
         cells = [f"{summary[k]:.6g}" if isinstance(summary[k], float) else str(summary[k])
                  for k in SHOWN]  # fmt: skip
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(diff)} |")
+        new = sorted({k.split(".")[-1] for k in added})
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(diff)} | {', '.join(new)} |")
         lines += [f"<!-- {d} -->" for d in diff[:20]]
     text = "\n".join(lines) + "\n"
     print(text)
