@@ -75,32 +75,37 @@ def serve(
             recorder.write_json("partitions.json", stats)
             fed.start({int(s["client"]): int(s["train"]) for s in stats})
             dense = protocol.record_bytes(protocol.pack(fed.state, {}))  # one dense model
-            setup = time.perf_counter() - started
+            times = {"setup_seconds": time.perf_counter() - started}
             for rnd in range(fed.done + 1, cfg.rounds + 1):
                 row = run_round(grid, nodes, fed, rnd, progress, recorder, dense)
                 checkpoint()
                 progress.round_done(rnd, round_line(row))
-            deploy_started = time.perf_counter()
+            rounds_done = time.perf_counter()
             per_client = deploy(grid, nodes, fed, progress)
+            times["deploy_seconds"] = time.perf_counter() - rounds_done
             progress.round_started(cfg.rounds, 1, "measure the deployed models' latency")
-            dense_ms = fed.measure_latency(per_client)
-        result = _summary(fed, recorder.rows, per_client, model_fn, data)
-        result["dense_latency_ms"] = dense_ms
-        result["setup_seconds"] = setup
-        result["deploy_seconds"] = time.perf_counter() - deploy_started
+            timed = time.perf_counter()
+            times["dense_latency_ms"] = fed.measure_latency(per_client)
+            times["latency_seconds"] = time.perf_counter() - timed
+        result = _summary(fed, recorder.rows, per_client, model_fn, data) | times
         result["wall_seconds"] = before + time.perf_counter() - started
         result["out_dir"] = str(out_dir)
-        set_state(fed.model, fed.global_model())
-        torch.save(fed.model.state_dict(), out_dir / "global_model.pt")
+        _save_models(fed, out_dir)
         checkpoint(finished=True)
-        for name, arrays in fed.method.artifacts().items():
-            np.savez(out_dir / name, **arrays)  # type: ignore[arg-type]
         result = recorder.finish(result)
     except BaseException:
         recorder.close()
         raise
     log.info("results in %s", out_dir)
     return result
+
+
+def _save_models(fed: Federation, out_dir: Path) -> None:
+    """The global model (`global_model.pt`) and the method's own files (e.g. `policy.npz`)."""
+    set_state(fed.model, fed.global_model())
+    torch.save(fed.model.state_dict(), out_dir / "global_model.pt")
+    for name, arrays in fed.method.artifacts().items():
+        np.savez(out_dir / name, **arrays)  # type: ignore[arg-type]
 
 
 def build_federation(
