@@ -106,8 +106,8 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
         "",
         f"Command: `{command}`; fedavg, Fashion-MNIST, LeNet-5, {PER_ROUND} clients per round, "
         "one local epoch. Set-up is the handshake with every client; end of run is deployment, "
-        "per-client evaluation and the latency measurement; memory is the peak resident memory of the run's whole "
-        "process tree (Ray included).",
+        "per-client evaluation and the latency measurement; memory is the peak resident memory "
+        "of the run's whole process tree (Ray included).",
         "",
         "| clients | wall s | set-up s | median round s | end of run s | "
         "(set-up + end) / round | peak memory GB | final accuracy |",
