@@ -14,6 +14,7 @@ from torch import nn
 from fedrlprune.config import Config
 from fedrlprune.data.federated import global_test
 from fedrlprune.data.loaders import load_dataset
+from fedrlprune.federation.checkpoint import RunState
 from fedrlprune.federation.client import client_data, deploy, train_round
 from fedrlprune.federation.messages import Reply
 from fedrlprune.federation.server import Federation
@@ -28,24 +29,31 @@ SETTINGS = {"dataset": "digits", "model": "mlp", "clients": 3, "rounds": 4, "lr"
 
 
 def run_in_process(
-    cfg: Config, model_fn: ModelFactory | None = None
+    cfg: Config,
+    model_fn: ModelFactory | None = None,
+    stop_after: int | None = None,
+    resume: RunState | None = None,
 ) -> tuple[Federation, list[dict[str, Any]]]:
     """What `fl/server_app.py` does over Flower, with the clients called directly: the model
-    travels under its mask (zeros where pruned), as it does on the wire."""
+    travels under its mask (zeros where pruned), as it does on the wire. `stop_after`: return
+    after that round (no deployment); `resume`: go on from a snapshot."""
     dataset = load_dataset(cfg.dataset)
     clients = [client_data(cfg, c, model_fn, dataset) for c in range(cfg.clients)]
     factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
+    torch.manual_seed(cfg.seed)
     model = factory(dataset.input_shape, dataset.num_classes)
     test = as_tensors(*global_test(cfg, dataset))
-    fed = Federation(cfg, model, dataset.input_shape, test)
+    fed = Federation(cfg, model, dataset.input_shape, test, resume)
     fed.start({c: len(data.y_train) for c, data in enumerate(clients)})
-    for rnd in range(1, cfg.rounds + 1):
+    for rnd in range(fed.done + 1, (stop_after or cfg.rounds) + 1):
         orders = fed.orders(rnd, fed.sample(rnd))
         replies = {}
         for c, o in orders.items():
             up = train_round(cfg, clients[c], apply_masks(fed.state, o.masks), o.masks, o)
             replies[c] = Reply(up.state, up.masks, up.metrics, up.policy, 1, up.importance)
         fed.settle(rnd, orders, replies, {}, dict.fromkeys(orders, 1))
+    if stop_after is not None:
+        return fed, []
     answers = {}
     for c, o in fed.deploy_orders().items():
         up = deploy(cfg, clients[c], apply_masks(fed.state, o.masks), o.masks, o)
@@ -110,3 +118,21 @@ def test_structured_pruning_of_a_batchnorm_residual_cnn_compacts_exactly(method:
     set_state(model, fed.state)
     compact = compact_model(model, masks, (1, 8, 8))  # refuses what it cannot remove exactly
     assert sum(p.numel() for p in compact.parameters()) < fed.facts.dense_params
+
+
+@pytest.mark.parametrize("method", ["fedrlprune", "prunefl"])
+def test_a_run_resumed_before_a_pruning_round_repeats_the_uninterrupted_one(method: str) -> None:
+    # 8 rounds prune in rounds 1 to 4: stopping after round 2 resumes into a pruning round,
+    # where regrowth starts from the global mask, so a resumed run must keep the mask it had.
+    cfg = Config.from_dict({**SETTINGS, "method": method, "rounds": 8})
+    whole, _ = run_in_process(cfg, stop_after=8)
+    first, _ = run_in_process(cfg, stop_after=2)
+    snapshot = first.snapshot([], [], 0.0)
+    started, _ = run_in_process(cfg, stop_after=2, resume=snapshot)  # start, no round
+    assert started.global_masks.keys() == first.global_masks.keys() != set()
+    for name, mask in first.global_masks.items():
+        np.testing.assert_array_equal(started.global_masks[name], mask, err_msg=name)
+    resumed, _ = run_in_process(cfg, stop_after=8, resume=snapshot)
+    for name, value in whole.state.items():
+        np.testing.assert_array_equal(resumed.state[name], value, err_msg=name)
+    assert resumed.global_masks.keys() == whole.global_masks.keys()

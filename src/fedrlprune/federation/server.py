@@ -77,7 +77,9 @@ class Federation:
         """Once the clients have said how many training samples each holds."""
         self.train_sizes = train_sizes
         self.unreachable = self._unreachable_budgets()
-        self.state, self.global_masks = self.method.start(self.state, train_sizes)
+        self.state, self.global_masks = self.method.start(
+            self.state, self.global_masks, train_sizes
+        )
 
     def _unreachable_budgets(self) -> list[str]:
         """The device tiers whose budget this model cannot meet even with every pruned layer at

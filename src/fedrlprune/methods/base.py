@@ -108,9 +108,12 @@ class Method:
 
     # --------------------------------------------------------------------------- server side
 
-    def start(self, state: State, train_sizes: dict[int, int]) -> tuple[State, Masks]:
-        """The initial global model and mask, once the clients' sizes are known."""
-        return state, {}
+    def start(
+        self, state: State, global_masks: Masks, train_sizes: dict[int, int]
+    ) -> tuple[State, Masks]:
+        """The global model and mask to start from, once the clients' sizes are known: the
+        initial ones (no mask yet), or a resumed run's, which a method must keep."""
+        return state, global_masks
 
     def before_round(self, rnd: int, state: State, global_masks: Masks) -> tuple[State, Masks]:
         return state, global_masks

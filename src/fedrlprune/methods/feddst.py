@@ -133,7 +133,9 @@ class FedDST(Method):
     keeps_own_masks = False
     may_move = True
 
-    def start(self, state: State, train_sizes: dict[int, int]) -> tuple[State, Masks]:
+    def start(
+        self, state: State, global_masks: Masks, train_sizes: dict[int, int]
+    ) -> tuple[State, Masks]:
         self.readjust_in = set(readjust_rounds(self.cfg.rounds, self.cfg.feddst_every))
         shapes = {t: tuple(np.shape(state[f"{t}.weight"])) for t in self.targets}
         if self.cfg.feddst_distribution == "erk":
@@ -141,6 +143,8 @@ class FedDST(Method):
         else:
             self.rates = dict.fromkeys(self.targets, self.cfg.prune_rate)
         self.rates = {t: max(r, self.cfg.server_sparsity) for t, r in self.rates.items()}
+        if global_masks:  # a resumed run: sparse already
+            return state, global_masks
         masks = magnitude_masks(state, self.rates)
         return apply_masks(state, masks), masks
 

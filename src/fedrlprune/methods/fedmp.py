@@ -117,7 +117,9 @@ class FedMP(Method):
     always_structured = True
     resumable = False  # the bandits are not in the checkpoint
 
-    def start(self, state: State, train_sizes: dict[int, int]) -> tuple[State, Masks]:
+    def start(
+        self, state: State, global_masks: Masks, train_sizes: dict[int, int]
+    ) -> tuple[State, Masks]:
         def fits(cid: int, ratio: float) -> bool:
             cost = self.fleet.facts.cost(apply_masks(state, self._cut(state, ratio)))
             limit = self.fleet.clients[cid].budget
@@ -128,7 +130,7 @@ class FedMP(Method):
             for rec in self.fleet.clients
         }
         self.played: dict[int, int] = {}
-        return state, {}
+        return state, global_masks
 
     def _cut(self, state: State, ratio: float) -> Masks:
         if ratio <= 0.0:

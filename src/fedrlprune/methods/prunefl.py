@@ -195,7 +195,9 @@ class PruneFL(Method):
         self.pending: State = {}  # importance summed over clients and rounds since a readjustment
         self.pending_rest = 0.0  # the same for every parameter that is never a candidate
 
-    def start(self, state: State, train_sizes: dict[int, int]) -> tuple[State, Masks]:
+    def start(
+        self, state: State, global_masks: Masks, train_sizes: dict[int, int]
+    ) -> tuple[State, Masks]:
         # The round time PruneFL minimises is the slowest client's: the slowest tier present,
         # training the average client's samples for the run's local epochs.
         facts = self.fleet.facts
