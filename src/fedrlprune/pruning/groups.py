@@ -46,7 +46,7 @@ class ChannelGroup:
         """Channels no layer of the group has lost yet: a channel gone anywhere is gone here."""
         alive = np.ones(self.size, dtype=bool)
         for key in self._weights():
-            keep = _current(current, key, np.shape(state[key]))
+            keep = current_mask(current, key, np.shape(state[key]))
             alive &= keep.reshape(keep.shape[0], -1).any(axis=1)[self.members[key]]
         return alive
 
@@ -59,7 +59,7 @@ class ChannelGroup:
         total = np.zeros(self.size)
         for key in self._weights():
             weight = np.asarray(state[key])
-            kept = np.where(_current(current, key, weight.shape), np.abs(weight), 0)
+            kept = np.where(current_mask(current, key, weight.shape), np.abs(weight), 0)
             total += kept.reshape(weight.shape[0], -1).sum(axis=1)[self.members[key]]
         return total
 
@@ -75,12 +75,14 @@ class ChannelGroup:
             shape = tuple(shapes[key])
             channel_alive = np.ones(shape[0], dtype=bool)
             channel_alive[index] = alive
-            keep = _current(current, key, shape)
+            keep = current_mask(current, key, shape)
             out[key] = keep & channel_alive.reshape((shape[0],) + (1,) * (len(shape) - 1))
         return out
 
 
-def _current(masks: Masks | None, key: str, shape: tuple[int, ...]) -> np.ndarray:
+def current_mask(
+    masks: Mapping[str, np.ndarray] | None, key: str, shape: tuple[int, ...]
+) -> np.ndarray:
     """The mask already on ``key`` (all-kept without one), checked against the parameter."""
     if masks is None or key not in masks:
         return np.ones(shape, dtype=bool)

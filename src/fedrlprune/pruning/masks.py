@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fedrlprune.errors import ConfigError
-from fedrlprune.pruning.groups import ChannelGroup
+from fedrlprune.pruning.groups import ChannelGroup, current_mask
 from fedrlprune.pruning.metrics import classifier_name, prunable_layers
 from fedrlprune.state import Masks
 
@@ -83,15 +83,7 @@ def _existing(
     masks: Mapping[str, np.ndarray] | None, key: str, shape: tuple[int, ...]
 ) -> np.ndarray:
     """A copy of the mask already on ``key`` (all-kept when there is none), checked for shape."""
-    if masks is None or key not in masks:
-        return np.ones(shape, dtype=bool)
-    mask = np.asarray(masks[key])
-    if mask.dtype != np.bool_ or mask.shape != shape:
-        raise ConfigError(
-            f"current mask {key!r} is {mask.dtype} {mask.shape}, expected bool {shape}; "
-            "pass masks made for this model"
-        )
-    return mask.copy()
+    return current_mask(masks, key, shape).copy()
 
 
 def _prune_count(rate: float, n: int) -> int:

@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from fedrlprune.errors import ConfigError
+from fedrlprune.pruning.metrics import one_pass
 from fedrlprune.pruning.payload import index_dtype
 from fedrlprune.state import Masks
 
@@ -86,18 +87,7 @@ def activation_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     mode = _Liveness(weights)
     mode.track(x, -1)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), mode:
-            model(x)
-    except RuntimeError as err:
-        raise ConfigError(
-            f"cannot run {type(model).__name__} on one sample of shape {tuple(input_shape)}: "
-            f"{err}. Pass the per-sample input shape (no batch dimension) the model was built for"
-        ) from err
-    finally:
-        model.train(was_training)
+    one_pass(model, x, mode)
     return mode.peak()
 
 

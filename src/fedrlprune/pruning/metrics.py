@@ -7,6 +7,7 @@ linear layer, per sample); bias adds, activations, pooling and normalisation cou
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,21 +62,29 @@ def _count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dict[s
             per_layer[name] += counter.get_total_flops() - start[name]
 
         handles += [layer.register_forward_pre_hook(pre), layer.register_forward_hook(post)]
+    try:
+        one_pass(model, x, counter)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return per_layer, counter.get_total_flops()
+
+
+def one_pass(model: nn.Module, x: torch.Tensor, mode: Any) -> None:
+    """One eval-mode forward pass of one sample under `mode` (a FLOP counter, a dispatch mode);
+    a model that cannot take the sample is a ConfigError naming the shape to pass."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), counter:
+        with torch.no_grad(), mode:
             model(x)
     except RuntimeError as err:
         raise ConfigError(
-            f"cannot run {type(model).__name__} on one sample of shape {tuple(input_shape)}: "
+            f"cannot run {type(model).__name__} on one sample of shape {tuple(x.shape[1:])}: "
             f"{err}. Pass the per-sample input shape (no batch dimension) the model was built for"
         ) from err
     finally:
         model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return per_layer, counter.get_total_flops()
 
 
 def layer_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
