@@ -179,6 +179,7 @@ def test_a_run_survives_a_client_that_raises_and_one_that_hangs(tmp_path: Path) 
         "lr": 0.05,
         "round_timeout": TIMEOUT,
         "min_clients": 3,
+        "latency_runs": 0,
     }
     # Who holds which sample depends on labels and seed only: mark one training sample of
     # client 1 (it will raise) and one of client 2 (it will hang once).

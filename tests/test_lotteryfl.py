@@ -80,7 +80,8 @@ def test_client_step_prunes_and_rewinds_past_the_threshold_only() -> None:
 
 
 def test_lotteryfl_end_to_end_prunes_every_round_past_a_zero_threshold(tmp_path: Path) -> None:
-    cfg = {"dataset": "digits", "model": "mlp", "method": "lotteryfl", "clients": 3, "rounds": 3}
+    cfg = {"dataset": "digits", "model": "mlp", "method": "lotteryfl", "clients": 3, "rounds": 3,
+           "latency_runs": 0}  # fmt: skip
     summary = run_experiment(
         {**cfg, "lr": 0.05, "lottery_threshold": 0.0}, out_dir=tmp_path / "l", live=False
     )

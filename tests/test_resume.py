@@ -173,6 +173,7 @@ RUN = {
     "prune_start": 0.0,
     "prune_until": 1.0,
     "device_mix": "sbc,phone,laptop,laptop",
+    "latency_runs": 0,  # tests/test_runner.py checks the measurement
 }
 
 

@@ -12,6 +12,7 @@ TINY = {
     "rounds": 3,
     "lr": 0.05,
     "rl_episodes": 2,
+    "latency_runs": 0,  # tests/test_runner.py checks the measurement
 }
 
 

@@ -21,6 +21,7 @@ TINY = {
     "clients": 3,
     "rounds": 2,
     "lr": 0.05,
+    "latency_runs": 0,  # measured (and checked) in the magnitude run below
 }
 FILES = (
     "config.toml",
@@ -143,6 +144,7 @@ def test_magnitude_run_prunes_within_budgets_and_exports(
         "prune_start": 0.0,
         "prune_until": 1.0,
         "respect_budgets": True,
+        "latency_runs": 50,
     }
     out = tmp_path / "mag"
     s = run_experiment(cfg, out_dir=out, live=False)
