@@ -15,6 +15,7 @@ def test_keys_lists_every_config_key(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for key in ("dataset", "data_fraction", "alpha", "local_epochs"):
         assert key in out
+    assert "lotteryfl" in out and "mask-count" in out  # each method in a line, from the registry
 
 
 @pytest.mark.parametrize(

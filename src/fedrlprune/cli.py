@@ -194,10 +194,15 @@ def _print_keys() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from fedrlprune.methods import METHODS
+
     table = Table("key", "type", "default", "meaning and allowed values")
     for row in describe_keys():
         table.add_row(*row)
-    Console().print(table)
+    methods = Table("method", "what it does", "resumes")
+    for name, method in METHODS.items():
+        methods.add_row(name, method.summary, "yes" if method.resumable else "no")
+    Console().print(table, methods)
 
 
 def _setup_logging(live: bool) -> None:
