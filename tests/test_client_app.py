@@ -20,13 +20,16 @@ def test_orders_round_trip_with_their_masks_core_and_policy() -> None:
     core = {"w": np.array([[1, 0, 0], [0, 0, 1]], bool)}
     rl = RLOrders(1e5, 3e4, 0.2, 0.1, 0.5, 0.4, 1.0, 0.5, True)
     sent = Orders(7, masks, core=core, policy=policy_layout(), rl=rl, prune_rate=0.3)
-    got_cfg, got, state = protocol.unpack_orders(protocol.pack_orders(cfg, sent, REF), REF)
+    content = protocol.pack_orders(cfg, sent, REF)
+    got_cfg, extra = protocol.config_of(content)
+    got, state = protocol.unpack_orders(content, extra, REF)
     assert got_cfg == cfg and got.rl == rl and (got.round, got.prune_rate) == (7, 0.3)
     np.testing.assert_array_equal(got.masks["w"], masks["w"])
     np.testing.assert_array_equal(got.core["w"], core["w"])
     np.testing.assert_array_equal(state["w"], np.where(masks["w"], 1.0, 0.0))
     assert got.policy is not None and got.policy.keys() == policy_layout().keys()
-    plain = protocol.unpack_orders(protocol.pack_orders(cfg, Orders(1, {}), REF), REF)[1]
+    content = protocol.pack_orders(cfg, Orders(1, {}), REF)
+    plain = protocol.unpack_orders(content, protocol.config_of(content)[1], REF)[0]
     assert plain.core == {} and plain.policy is None and plain.rl is None
 
 
@@ -34,4 +37,4 @@ def test_a_core_that_does_not_fit_the_model_is_refused() -> None:
     content = protocol.pack_orders(Config(), Orders(1, {}), REF)
     content[protocol.CORE] = ArrayRecord({"w@bitmask": Array(np.zeros(5, np.uint8))})
     with pytest.raises(PayloadError, match="w: bitmask has 5 bytes"):
-        protocol.unpack_orders(content, REF)
+        protocol.unpack_orders(content, protocol.config_of(content)[1], REF)

@@ -52,23 +52,23 @@ def make_client_app(
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        cfg, _ = protocol.config_from_record(msg.content.config_records[protocol.CONFIG])
+        cfg, _ = protocol.config_of(msg.content)
         stats = local(cfg, context).stats
         return Message(RecordDict({protocol.METRICS: MetricRecord(stats)}), reply_to=msg)
 
     @app.train()
     def fit(msg: Message, context: Context) -> Message:
-        cfg, _ = protocol.config_from_record(msg.content.config_records[protocol.CONFIG])
+        cfg, extra = protocol.config_of(msg.content)
         data = local(cfg, context)
-        cfg, orders, state = protocol.unpack_orders(msg.content, get_state(data.model))
+        orders, state = protocol.unpack_orders(msg.content, extra, get_state(data.model))
         update = local_work.train_round(cfg, data, state, orders.masks, orders)
         return Message(_content(update), reply_to=msg)
 
     @app.evaluate()
     def deploy(msg: Message, context: Context) -> Message:
-        cfg, _ = protocol.config_from_record(msg.content.config_records[protocol.CONFIG])
+        cfg, extra = protocol.config_of(msg.content)
         data = local(cfg, context)
-        cfg, orders, state = protocol.unpack_orders(msg.content, get_state(data.model))
+        orders, state = protocol.unpack_orders(msg.content, extra, get_state(data.model))
         update = local_work.deploy(cfg, data, state, orders.masks, orders)
         return Message(_content(update), reply_to=msg)
 

@@ -57,10 +57,16 @@ def pack_orders(cfg: Config, orders: Orders, state: State) -> RecordDict:
     return RecordDict(records)
 
 
-def unpack_orders(content: RecordDict, reference: State) -> tuple[Config, Orders, State]:
-    """The config, the orders and the global model (under the orders' masks) of a message;
-    PayloadError when an array does not fit the model."""
-    cfg, extra = config_from_record(content.config_records[CONFIG])
+def config_of(content: RecordDict) -> tuple[Config, dict[str, Any]]:
+    """A message's run config and its per-call values (read once per message)."""
+    return config_from_record(content.config_records[CONFIG])
+
+
+def unpack_orders(
+    content: RecordDict, extra: dict[str, Any], reference: State
+) -> tuple[Orders, State]:
+    """The orders and the global model (under the orders' masks) of a message, given its
+    per-call values (`config_of`); PayloadError when an array does not fit the model."""
     state, masks = unpack(content.array_records[ARRAYS], reference)
     core = unpack_masks(content.array_records[CORE], reference) if CORE in content else {}
     policy = None
@@ -70,7 +76,7 @@ def unpack_orders(content: RecordDict, reference: State) -> tuple[Config, Orders
     rl = RLOrders(**rl_values) if rl_values else None
     scalars = {k: v for k, v in extra.items() if not k.startswith(RL)}
     orders = Orders(masks=masks, core=core, policy=policy, rl=rl, **scalars)
-    return cfg, orders, state
+    return orders, state
 
 
 def config_record(cfg: Config, **extra: int | float | str | bool) -> ConfigRecord:
