@@ -482,5 +482,5 @@ def test_the_server_waits_node_wait_for_supernodes_and_says_what_to_do() -> None
     with pytest.raises(
         FedRLPruneError, match=r"only 1 of 2 SuperNodes connected within 0\.5 s.*node_wait"
     ):
-        handshake(_Grid([7]), cfg, cfg.node_wait)  # type: ignore[arg-type]
+        handshake(_Grid([7]), cfg)  # type: ignore[arg-type]
     assert 0.5 <= time.monotonic() - started < 5

@@ -7,10 +7,11 @@ they return.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from fedrlprune.data.federated import FederatedData, federate, federate_named
 from fedrlprune.data.loaders import ArrayDataset
@@ -92,22 +93,30 @@ def client_data(
     model_fn: ModelFactory | None = None,
     data: ArrayDataset | None = None,
     token: str = "",
+    like: ClientData | None = None,
 ) -> ClientData:
     """Client `cid`'s splits (from the config alone) and a fresh model. `token` names the user
-    dataset, so its partition is computed once per process like a named dataset's."""
+    dataset, so its partition is computed once per process like a named dataset's. `like`:
+    another client of this run whose model and model-derived cache (groups, layer FLOPs) to
+    share, for one process that serves clients one after another."""
     fed = federate_named(cfg) if data is None else _federate_user(token, cfg, data)
     x_tr, y_tr, x_va, y_va, x_te, y_te = fed.client(cid)
+    tensors: dict[str, torch.Tensor] = {}
+    tensors["x_train"], tensors["y_train"] = as_tensors(x_tr, y_tr)
+    tensors["x_val"], tensors["y_val"] = as_tensors(x_va, y_va)
+    tensors["x_test"], tensors["y_test"] = as_tensors(x_te, y_te)
+    stats = fed.client_stats(cid)
+    if like is not None:
+        return replace(like, **tensors, stats=stats)
     ds = fed.dataset
     factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
     model = factory(ds.input_shape, ds.num_classes)
     return ClientData(
         model,
-        *as_tensors(x_tr, y_tr),
-        *as_tensors(x_va, y_va),
-        *as_tensors(x_te, y_te),
+        **tensors,
         input_shape=ds.input_shape,
         num_classes=ds.num_classes,
-        stats=fed.client_stats(cid),
+        stats=stats,
         targets=pruning_targets(model, cfg.skip_list()),
         factory=factory,
     )

@@ -1,7 +1,8 @@
 """The Flower ClientApp: a thin adapter that moves records in and out of local work.
 
 Each message carries the whole run config, so a client (simulated or a real SuperNode) needs
-only its partition id (`partition-id` in its node config) to rebuild its own data split. The
+only its partition id to rebuild its own data split: `partition-id` in a real SuperNode's node
+config; in simulation the message names it, so any simulated node serves any client. The
 work itself is `federation/client.py`: `train_round` (the method prunes, the client trains,
 the method finishes) and `deploy` (prune to the final budget, evaluate).
 """
@@ -39,8 +40,8 @@ def make_client_app(
     app = ClientApp()
     token = uuid.uuid4().hex  # names this app's model and data in the worker's cache
 
-    def local(cfg: Config, context: Context) -> ClientData:
-        cid = partition_id(context, cfg)
+    def local(cfg: Config, context: Context, named: int | None = None) -> ClientData:
+        cid = partition_id(context, cfg) if named is None else checked_partition(named, cfg)
         key = (token, cfg, cid)
         if key in _CLIENTS:
             _CLIENTS.move_to_end(key)
@@ -52,22 +53,22 @@ def make_client_app(
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        cfg, _ = protocol.config_of(msg.content)
-        stats = local(cfg, context).stats
+        cfg, _, named = protocol.config_of(msg.content)
+        stats = local(cfg, context, named).stats
         return Message(RecordDict({protocol.METRICS: MetricRecord(stats)}), reply_to=msg)
 
     @app.train()
     def fit(msg: Message, context: Context) -> Message:
-        cfg, extra = protocol.config_of(msg.content)
-        data = local(cfg, context)
+        cfg, extra, named = protocol.config_of(msg.content)
+        data = local(cfg, context, named)
         orders, state = protocol.unpack_orders(msg.content, extra, get_state(data.model))
         update = local_work.train_round(cfg, data, state, orders.masks, orders)
         return Message(_content(update), reply_to=msg)
 
     @app.evaluate()
     def deploy(msg: Message, context: Context) -> Message:
-        cfg, extra = protocol.config_of(msg.content)
-        data = local(cfg, context)
+        cfg, extra, named = protocol.config_of(msg.content)
+        data = local(cfg, context, named)
         orders, state = protocol.unpack_orders(msg.content, extra, get_state(data.model))
         update = local_work.deploy(cfg, data, state, orders.masks, orders)
         return Message(_content(update), reply_to=msg)
@@ -96,7 +97,11 @@ def partition_id(context: Context, cfg: Config) -> int:
             "this SuperNode has no `partition-id` in its node config; start it with "
             '--node-config "partition-id=K num-partitions=N" (K in 0..N-1)'
         )
-    cid = int(node["partition-id"])
+    return checked_partition(int(node["partition-id"]), cfg)
+
+
+def checked_partition(cid: int, cfg: Config) -> int:
+    """`cid` if the run has such a client, else a clear error."""
     if not 0 <= cid < cfg.clients:
         raise FedRLPruneError(
             f"partition-id={cid} but the run has clients={cfg.clients}; "

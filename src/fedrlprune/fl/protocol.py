@@ -33,14 +33,19 @@ CORE = "core"  # fedrlprune: the mask of the weights every client keeps, trained
 QUERY = "query"
 
 
+PARTITION = "partition"  # per-call value: the client a simulated message is for
 EXTRA = "call."  # prefix of per-call values, so they can never shadow a config key
 RL = "rl."  # prefix of the `RLOrders` fields among the per-call values
 _ARRAY_PARTS = ("masks", "core", "policy", "rl")  # Orders fields that are not plain scalars
 
 
-def pack_orders(cfg: Config, orders: Orders, state: State) -> RecordDict:
+def pack_orders(
+    cfg: Config, orders: Orders, state: State, partition: int | None = None
+) -> RecordDict:
     """One client's message content: the global model under `orders.masks`, the core and the
-    policy when the orders carry them, and the config with the orders' scalars."""
+    policy when the orders carry them, and the config with the orders' scalars. `partition`
+    names the client the message is for (simulation: any simulated node can serve any client;
+    a real device holds its own partition and gets none)."""
     records: dict[str, ArrayRecord | ConfigRecord] = {ARRAYS: pack(state, orders.masks)}
     if orders.core:
         records[CORE] = pack_masks(orders.core)
@@ -53,13 +58,18 @@ def pack_orders(cfg: Config, orders: Orders, state: State) -> RecordDict:
     }
     if orders.rl is not None:
         scalars |= {RL + k: v for k, v in dataclasses.asdict(orders.rl).items()}
+    if partition is not None:
+        scalars[PARTITION] = partition
     records[CONFIG] = config_record(cfg, **scalars)
     return RecordDict(records)
 
 
-def config_of(content: RecordDict) -> tuple[Config, dict[str, Any]]:
-    """A message's run config and its per-call values (read once per message)."""
-    return config_from_record(content.config_records[CONFIG])
+def config_of(content: RecordDict) -> tuple[Config, dict[str, Any], int | None]:
+    """A message's run config, its per-call values (read once per message) and the client it
+    names, if any (`pack_orders`' `partition`)."""
+    cfg, extra = config_from_record(content.config_records[CONFIG])
+    partition = extra.pop(PARTITION, None)
+    return cfg, extra, None if partition is None else int(partition)
 
 
 def unpack_orders(

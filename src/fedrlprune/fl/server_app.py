@@ -21,18 +21,22 @@ from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedrlprune.config import Config
-from fedrlprune.data.federated import global_test
+from fedrlprune.data.federated import federate, federate_named, global_test
 from fedrlprune.data.loaders import ArrayDataset, load_dataset
 from fedrlprune.errors import FedRLPruneError, PayloadError
 from fedrlprune.experiments.progress import RunProgress
 from fedrlprune.experiments.results import RunRecorder, default_out_dir
 from fedrlprune.experiments.stats import Drops, layer_rates, round_line, round_row, summary
+from fedrlprune.federation import client as local_work
 from fedrlprune.federation.checkpoint import CHECKPOINT, RunState, check_resumable, save_run_state
+from fedrlprune.federation.client import client_data
 from fedrlprune.federation.messages import Expected, Reply
 from fedrlprune.federation.server import Federation
 from fedrlprune.fl import protocol
 from fedrlprune.fl.validation import check_reply
+from fedrlprune.methods.base import ClientData
 from fedrlprune.models import ModelFactory, build_model
+from fedrlprune.pruning.masks import apply_masks
 from fedrlprune.state import Masks, State
 from fedrlprune.training import as_tensors, set_state
 
@@ -54,7 +58,8 @@ def serve(
 
     `resume`: a checkpoint of this run (same config); the run goes on after its round, with the
     same sampling, models, masks and policies as if it had never stopped. `simulation`: the
-    clients are simulated, so the handshake waits for them however long they take to start.
+    clients are simulated from the config the server holds, so there is no handshake, each
+    message names its client, and the end-of-run deployment runs in this process.
     """
     started = time.perf_counter()
     fed = build_federation(cfg, model_fn, data, resume)
@@ -71,17 +76,21 @@ def serve(
 
     try:
         with RunProgress(cfg.rounds, f"{cfg.method} {cfg.dataset}/{cfg.model}", live) as progress:
-            nodes, stats = handshake(grid, cfg, None if simulation else cfg.node_wait)
+            connect = simulated_nodes if simulation else handshake
+            nodes, stats = connect(grid, cfg, data)
             recorder.write_json("partitions.json", stats)
             fed.start({int(s["client"]): int(s["train"]) for s in stats})
             dense = protocol.record_bytes(protocol.pack(fed.state, {}))  # one dense model
             times = {"setup_seconds": time.perf_counter() - started}
             for rnd in range(fed.done + 1, cfg.rounds + 1):
-                row = run_round(grid, nodes, fed, rnd, progress, recorder, dense)
+                row = run_round(grid, nodes, fed, rnd, progress, recorder, dense, simulation)
                 checkpoint()
                 progress.round_done(rnd, round_line(row))
             rounds_done = time.perf_counter()
-            per_client = deploy(grid, nodes, fed, progress)
+            if simulation:
+                per_client = simulated_deploy(fed, model_fn, data, progress)
+            else:
+                per_client = deploy(grid, nodes, fed, progress)
             times["deploy_seconds"] = time.perf_counter() - rounds_done
             progress.round_started(cfg.rounds, 1, "measure the deployed models' latency")
             timed = time.perf_counter()
@@ -132,14 +141,19 @@ def run_round(
     progress: RunProgress,
     recorder: RunRecorder,
     dense_bytes: int,
+    simulation: bool = False,
 ) -> dict[str, Any]:
     """One federated round over the grid; returns its metrics.csv row (also recorded).
-    `dense_bytes`: the wire size of one dense model, for `upload_vs_dense`."""
+    `dense_bytes`: the wire size of one dense model, for `upload_vs_dense`; `simulation`: each
+    message names the client it is for (any simulated node can serve any client)."""
     t0 = time.perf_counter()
     chosen = fed.sample(rnd)
     progress.round_started(rnd, len(chosen))
     orders = fed.orders(rnd, chosen)
-    sent = {c: protocol.pack_orders(fed.cfg, o, fed.state) for c, o in orders.items()}
+    sent = {
+        c: protocol.pack_orders(fed.cfg, o, fed.state, c if simulation else None)
+        for c, o in orders.items()
+    }
     replies, lost = exchange(grid, nodes, sent, "train", fed.cfg, rnd, progress)
     expected = {c: fed.expected(rnd, c, orders[c]) for c in replies}
     accepted, refused = accept(replies, expected, rnd)
@@ -171,6 +185,29 @@ def deploy(
             log.warning("client %d: no usable deployed model (%s)", cid, err)
             lost[cid] = ("refused", str(err))
     return fed.deployed(answers, lost)
+
+
+def simulated_deploy(
+    fed: Federation,
+    model_fn: ModelFactory | None,
+    data: ArrayDataset | None,
+    progress: RunProgress,
+) -> list[dict[str, Any]]:
+    """`deploy` for simulated clients, without a message each: every client's own deployment
+    step (`federation/client.deploy`, the code a SuperNode runs) in this process, on the model
+    exactly as the message would carry it, one client after another on one shared model."""
+    cfg = fed.cfg
+    progress.round_started(cfg.rounds, cfg.clients, "deploy and evaluate")
+    answers: dict[int, tuple[Masks, float]] = {}
+    template: ClientData | None = None
+    for cid, orders in fed.deploy_orders().items():
+        local = client_data(cfg, cid, model_fn, data, "server", like=template)
+        template = template or local
+        state = apply_masks(fed.state, orders.masks) if orders.masks else fed.state
+        update = local_work.deploy(cfg, local, state, orders.masks, orders)
+        answers[cid] = (update.masks, float(update.metrics["test-accuracy"]))
+        progress.client_done(cid, True)
+    return fed.deployed(answers, {})
 
 
 def _summary(
@@ -222,13 +259,13 @@ def deploy_reply(reply: Message, reference: State) -> tuple[Masks, float]:
 
 
 def handshake(
-    grid: Grid, cfg: Config, wait: float | None
+    grid: Grid, cfg: Config, data: ArrayDataset | None = None
 ) -> tuple[dict[int, int], list[dict[str, Any]]]:
-    """Wait up to `wait` s for every SuperNode to be online, then up to `wait` s more for each
-    to load its data and say which client id it holds; return node ids by client id, and the
-    partitions. `wait` is `node_wait` on real devices, None (no limit) in simulation, where a
-    slow start means a busy machine, not a missing device."""
-    deadline = time.monotonic() + (math.inf if wait is None else wait)
+    """Wait up to `node_wait` s for every SuperNode to be online, then up to `node_wait` s more
+    for each to load its data and say which client id it holds; return node ids by client id,
+    and the partitions. Real devices only (`data` is unused: each device holds its own)."""
+    wait = cfg.node_wait
+    deadline = time.monotonic() + wait
     while len(node_ids := sorted(grid.get_node_ids())) < cfg.clients:
         if time.monotonic() > deadline:
             raise FedRLPruneError(
@@ -265,6 +302,32 @@ def handshake(
         missing = sorted(set(range(cfg.clients)) - set(nodes))
         raise FedRLPruneError(f"no SuperNode holds client(s) {missing}; check their partition-id")
     return nodes, sorted(stats, key=lambda s: s["client"])
+
+
+def simulated_nodes(
+    grid: Grid, cfg: Config, data: ArrayDataset | None = None
+) -> tuple[dict[int, int], list[dict[str, Any]]]:
+    """The simulation's answer to the handshake: the partitions come from the config (and the
+    user dataset) the server holds, and client `c` goes to simulated node `c` mod the nodes,
+    since every message names its client. One round's worth of clients still load their data
+    first, without a time limit, so the workers' slow start never counts against round 1's
+    `round_timeout`: a slow start means a busy machine, not a missing device."""
+    while not (node_ids := sorted(grid.get_node_ids())):
+        time.sleep(0.2)
+    nodes = {cid: node_ids[cid % len(node_ids)] for cid in range(cfg.clients)}
+    msgs = [
+        Message(
+            RecordDict({protocol.CONFIG: protocol.config_record(cfg, partition=cid)}),
+            dst_node_id=nodes[cid], message_type=protocol.QUERY, group_id="0",
+        )
+        for cid in range(min(cfg.clients, cfg.per_round()))
+    ]  # fmt: skip
+    for reply in grid.send_and_receive(msgs):
+        if reply.has_error():
+            reason = reply.error.reason
+            raise FedRLPruneError(f"a simulated client failed to load its data: {reason}")
+    fed = federate_named(cfg) if data is None else federate(cfg, data)
+    return nodes, [fed.client_stats(cid) for cid in range(cfg.clients)]
 
 
 def exchange(
