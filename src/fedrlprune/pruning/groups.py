@@ -10,7 +10,7 @@ them would change nothing the (already zero) channel feeds them.
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,12 +28,16 @@ class ChannelGroup:
 
     ``layers`` are the conv/linear layers whose output channels are tied (definition order);
     ``members`` maps each coupled parameter (their weights and biases, BatchNorm weights and
-    biases) to the index, along its first axis, of each of the group's ``size`` channels.
+    biases) to the index, along its first axis, of each of the group's ``size`` channels;
+    ``readers`` maps each conv/linear layer that reads the channels to the input columns one
+    channel feeds (1 for a conv, the spatial size for a linear layer after a flatten), so a
+    removed channel's cost in the next layer can be counted (pruning/cost.py).
     """
 
     layers: tuple[str, ...]
     size: int
     members: Mapping[str, np.ndarray]
+    readers: Mapping[str, int] = field(default_factory=dict)
 
     def rate(self, rates: Mapping[str, float]) -> float | None:
         """The rate of the first of ``layers`` that ``rates`` names (None: leave the group)."""
@@ -158,10 +162,14 @@ def _group_of(
     read = False
     tied: list[str] = []
     members: dict[str, np.ndarray] = {}
+    readers: dict[str, int] = {}
     for item in group:
         module, handler = item.dep.target.module, item.dep.handler
         if not dg.is_out_channel_pruning_fn(handler):
-            read |= dg.is_in_channel_pruning_fn(handler)  # a later layer's input columns
+            if dg.is_in_channel_pruning_fn(handler):  # a later layer's input columns
+                read = True
+                if isinstance(module, PRUNABLE_TYPES) and module in names:
+                    readers[names[module]] = max(1, len(item.idxs) // size)
             continue
         if module not in names or not isinstance(module, nn.Module):
             continue  # an operation (addition, concatenation), no parameters of its own
@@ -176,4 +184,5 @@ def _group_of(
     if not read or any((index < 0).any() for index in members.values()):
         return None  # model outputs, or a split that ties only part of the channels
     order = {name: i for i, name in enumerate(names.values())}
-    return ChannelGroup(tuple(sorted(tied, key=order.__getitem__)), size, members)
+    readers = {name: cols for name, cols in readers.items() if name not in tied}
+    return ChannelGroup(tuple(sorted(tied, key=order.__getitem__)), size, members, readers)
