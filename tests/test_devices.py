@@ -8,6 +8,7 @@ from fedrlprune.devices import (
     DeviceProfile,
     assign_tiers,
     budget,
+    over_budget,
     simulated_round,
     training_flops,
     within_budget,
@@ -61,10 +62,23 @@ def test_unknown_tier_is_a_config_error_listing_the_tiers() -> None:
 def test_budget_arithmetic() -> None:
     tier = DeviceProfile("t", 1e9, 1024, 8e6, 16e6, 1e-9, flops_budget=0.25, params_budget=0.1)
     b = budget(tier, dense_flops=1_000_000, dense_params=50_000)
-    assert b == Budget(max_flops=250_000.0, max_params=5_000.0)  # 0.25 * 1e6 ; 0.1 * 5e4
-    assert within_budget(b, 250_000, 5_000)  # the limits themselves fit
+    # 0.25 * 1e6 ; 0.1 * 5e4 ; the tier's memory as it stands (absolute, not a share)
+    assert b == Budget(max_flops=250_000.0, max_params=5_000.0, max_memory=1024.0)
+    assert within_budget(b, 250_000, 5_000, 1024)  # the limits themselves fit
     assert not within_budget(b, 250_001, 5_000)
     assert not within_budget(b, 100, 5_001)
+    assert not within_budget(b, 100, 100, memory=1025)
+    assert over_budget(b, 250_001, 5_001, 1025) == ["flops", "params", "memory"]
+    assert over_budget(b, 1, 1, 1) == []
+
+
+def test_the_mcu_memory_holds_the_fedavg_cnn_at_its_params_share() -> None:
+    # The FedAvg CNN: 1,663,370 params (6.65 MB fp32), 200,704 bytes of peak activations.
+    mcu = budget(TIERS["mcu"], dense_flops=24_546_304, dense_params=1_663_370)
+    weights = mcu.max_params * 4
+    assert mcu.max_memory == 512 * 1024
+    assert within_budget(mcu, 0, mcu.max_params, weights + 200_704)  # memory does not bind
+    assert not within_budget(mcu, 0, 1_663_370, 6_653_480 + 200_704)  # the dense one: 13x
 
 
 def test_simulated_round_by_hand() -> None:

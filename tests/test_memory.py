@@ -7,7 +7,16 @@ from torch import nn
 
 from fedrlprune.errors import ConfigError
 from fedrlprune.models import build_model
-from fedrlprune.pruning.memory import activation_bytes, memory_bytes, sparse_bytes, weight_bytes
+from fedrlprune.pruning.memory import (
+    activation_bytes,
+    compact_footprint,
+    kept_weight_limit,
+    masked_bytes,
+    memory_bytes,
+    sparse_bytes,
+    sparse_footprint,
+    weight_bytes,
+)
 from fedrlprune.pruning.payload import encode, encoded_bytes
 
 
@@ -78,3 +87,40 @@ def test_sparse_bytes_by_hand_and_as_payload_encodes() -> None:
     assert sparse_bytes(state, {}) == (100 + 100 + 10) * 4
     with pytest.raises(ConfigError, match=r"other\.weight"):
         sparse_bytes(state, {"other.weight": few})
+
+
+def test_masked_bytes_take_the_smaller_of_indices_and_bitmask() -> None:
+    assert masked_bytes(3, 100, 4) == 3 * 4 + 3  # 3 uint8 indices < 13 bitmask bytes
+    assert masked_bytes(50, 100, 4) == 50 * 4 + 13
+    assert masked_bytes(10, 70_000, 4) == 10 * 4 + 10 * 4  # uint32 indices past 65,535
+
+
+@pytest.mark.parametrize("limit", [600, 2_000, 20_000])
+def test_kept_weight_limit_is_safe_however_the_kept_weights_are_shared(limit: int) -> None:
+    sizes = [100, 1_000]
+    most = int(kept_weight_limit(limit, 40, sizes, 4))
+    assert most >= 0
+    for first in range(0, min(most, sizes[0]) + 1):  # every split of `most` kept weights
+        second = most - first
+        if second <= sizes[1]:
+            stored = 40 + masked_bytes(first, 100, 4) + masked_bytes(second, 1_000, 4)
+            assert stored <= limit, (first, second)
+    assert kept_weight_limit(10, 40, sizes, 4) < 0  # the dense part alone is over
+
+
+def test_sparse_footprint_counts_storage_buffers_and_activations() -> None:
+    state = {"w": np.ones((10, 10), np.float32), "b": np.ones(10, np.float32)}
+    state["stat"] = np.zeros(3, np.float32)  # a buffer: stored dense, not a parameter
+    keep = np.zeros((10, 10), bool)
+    keep.ravel()[:50] = True
+    fp = sparse_footprint(state, ["w", "b"], {"w": keep}, flops=123, activations=1_000)
+    stored = (50 * 4 + 13) + 10 * 4  # values + bitmask, and the dense bias
+    assert fp.params == stored / 4  # the dense parameters those bytes would hold
+    assert fp.flops == 123
+    assert fp.memory_bytes == stored + 3 * 4 + 1_000
+
+
+def test_compact_footprint_is_the_models_own_figures() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    fp = compact_footprint(model, (4,))
+    assert (fp.params, fp.flops, fp.memory_bytes) == (58, 2 * (4 * 8 + 8 * 2), 232 + 64)

@@ -84,10 +84,52 @@ def test_a_budget_out_of_the_models_reach_is_said_before_round_one(
     with caplog.at_level("WARNING", logger="fedrlprune"):
         fed.start({0: 10, 1: 10})
     assert fed.unreachable == ["mcu"]
-    assert "prune_skip" in caplog.text and "mcu budget" in caplog.text
+    assert "mcu budget" in caplog.text and "params" in caplog.text
+    assert 'prune_skip = ""' in caplog.text and "device_mix" in caplog.text  # the ways out
     headless = Config.from_dict(
         {"model": "mlp", "clients": 1, "device_mix": "mcu", "prune_skip": ""}
     )
     fed = Federation(headless, build_model("mlp", (1, 8, 8), 10), (1, 8, 8), TEST)
     fed.start({0: 10})
     assert fed.unreachable == []
+
+
+def _wide_activations() -> torch.nn.Module:
+    """Prunable almost everywhere, but 16 channels of 80x80 (twice: the ReLU is not in place)
+    hold 0.82 MB of activations, more than a microcontroller's 512 KiB."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 2000, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Linear(2000, 2),
+    )
+
+
+def test_a_memory_budget_out_of_reach_is_said_before_round_one_with_the_way_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shape = (1, 80, 80)
+    keys = {"clients": 2, "device_mix": "mcu,laptop", "prune_skip": ""}
+    fed = Federation(Config.from_dict(keys), _wide_activations(), shape, TEST)
+    with caplog.at_level("WARNING", logger="fedrlprune"):
+        fed.start({0: 10, 1: 10})
+    assert fed.unreachable == ["mcu"]  # unstructured: the dense activations stay
+    assert "out of this model's reach on memory:" in caplog.text  # memory alone
+    assert "smaller model or input" in caplog.text and "device_mix" in caplog.text
+    assert fed.done == 0  # before any round
+
+
+def test_deployed_clients_carry_their_compact_figures_and_all_three_limits() -> None:
+    fed = _federation(clients=2, device_mix="mcu,laptop", prune_mode="structured")
+    masks = magnitude_masks(fed.state, {"conv1": 0.5, "fc1": 0.5}, "structured", None,
+                            fed.facts.groups)  # fmt: skip
+    per_client = fed.deployed({0: (masks, 0.5), 1: ({}, 0.5)}, {})
+    keys = {"compact_params", "compact_flops", "memory_bytes", "budget_params", "budget_flops",
+            "budget_memory_bytes", "over_budget", "within_budget"}  # fmt: skip
+    assert all(keys <= set(c) for c in per_client)
+    assert per_client[0]["compact_params"] < per_client[1]["compact_params"]
+    assert per_client[0]["memory_bytes"] < per_client[1]["memory_bytes"]
+    assert per_client[0]["budget_memory_bytes"] == TIERS["mcu"].memory_bytes

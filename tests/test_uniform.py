@@ -133,13 +133,14 @@ def test_the_reported_rates_are_the_masks_sparsity() -> None:
 
 
 def test_no_policy_travels_is_kept_or_written() -> None:
-    cfg = Config.from_dict({"method": "uniform", "clients": 2})
+    # a phone: on the MCU, LeNet-5's sparse storage at 99% (indices included) is over budget
+    cfg = Config.from_dict({"method": "uniform", "clients": 2, "device_mix": "phone"})
     data = client()
     facts = ModelFacts.of(data.model, SHAPE, None)
     method = Uniform(cfg, Fleet(cfg, facts))
     state = get_state(data.model)
     deploy = method.deploy_orders(0, state, {})  # never pruned: prune to the final budget
-    final = method.fleet.clients[0].budget
+    final = method.fleet.pruning_budget(0)  # memory and sparse storage folded in
     assert deploy.deploy and deploy.policy is None and deploy.rl is None
     assert deploy.budget_flops == pytest.approx(final.max_flops)
     assert deploy.budget_params == pytest.approx(final.max_params)

@@ -6,6 +6,7 @@ they are meant to put tiers in the right order and rough scale, not to predict o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,11 +18,13 @@ GIB = 1024**3
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """One device tier; the budgets are shares of the dense model, the rest absolute figures."""
+    """One device tier; the FLOPs and params budgets are shares of the dense model, the rest
+    absolute figures. `memory_bytes` is the tier's memory budget as it stands: RAM is a fixed
+    wall whatever the model, so unlike compute it is not scaled to the model's size."""
 
     name: str
     flops_per_second: float  # sustained FP32 throughput usable for DNN inference/training
-    memory_bytes: int  # RAM available to the app
+    memory_bytes: int  # RAM available to the app: the memory budget, weights plus activations
     up_bps: float  # uplink, bits/s
     down_bps: float  # downlink, bits/s
     joules_per_flop: float  # energy per FLOP
@@ -37,6 +40,13 @@ class DeviceProfile:
 # accuracy loss). Params are cut harder than FLOPs: memory is a wall (the model must fit) while
 # FLOPs only cost time, and fully connected layers hold many parameters but few FLOPs, so they
 # prune further at equal accuracy. Even the laptop gets < 1, so every tier prunes.
+# Memory is the third limit, absolute: weights plus peak activations at batch 1 must fit the
+# tier's `memory_bytes`. Against the FedAvg CNN on 1x28x28 (1,663,370 params: 6.65 MB of
+# weights, 0.20 MB of peak activations) the MCU's params share of 0.03 keeps 49,901 params,
+# 0.20 MB, so weights plus even the dense model's activations (0.40 MB) fit its 512 KiB: on
+# that model the params share, not the RAM, is the MCU's binding limit (the RAM alone would
+# allow about 4.9% of the weights). Memory binds where activations are large: VGG-11 on
+# 3x32x32 has 0.52 MB of dense activations, more than the MCU's 512 KiB before any weight.
 TIERS: dict[str, DeviceProfile] = {
     # STM32H743 (ST STM32H743xI datasheet, 2019): Cortex-M7 at 480 MHz with an FPU (one FMA
     # per cycle, ~1 GFLOP/s peak), 1 MB SRAM. Sustained ~0.3 GFLOP/s in DNN kernels and
@@ -128,20 +138,36 @@ def assign_tiers(clients: int, mix: str, seed: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Budget:
-    """Absolute limits for one client: what its pruned model may cost."""
+    """Absolute limits for one client: what its pruned model may cost. `max_memory` (bytes of
+    weights plus peak activations at batch 1) is infinite in the budgets pruning counts by,
+    which fold the memory limit into `max_params` (`ModelFacts.pruning_budget`)."""
 
     max_flops: float
     max_params: float
+    max_memory: float = math.inf
 
 
 def budget(profile: DeviceProfile, dense_flops: int, dense_params: int) -> Budget:
-    """The tier's shares applied to this model's dense FLOPs and parameter count."""
-    return Budget(profile.flops_budget * dense_flops, profile.params_budget * dense_params)
+    """The tier's shares applied to this model's dense FLOPs and parameter count, and the
+    tier's memory as it stands."""
+    return Budget(
+        profile.flops_budget * dense_flops,
+        profile.params_budget * dense_params,
+        float(profile.memory_bytes),
+    )
 
 
-def within_budget(b: Budget, flops: float, params: float) -> bool:
-    """True when a pruned model's FLOPs and parameters both fit the budget."""
-    return flops <= b.max_flops and params <= b.max_params
+def over_budget(b: Budget, flops: float, params: float, memory: float = 0.0) -> list[str]:
+    """The limits a model exceeds, by name ("flops", "params", "memory"); [] when it fits."""
+    costs = {"flops": (flops, b.max_flops), "params": (params, b.max_params)}
+    costs["memory"] = (memory, b.max_memory)
+    return [name for name, (cost, limit) in costs.items() if cost > limit]
+
+
+def within_budget(b: Budget, flops: float, params: float, memory: float = 0.0) -> bool:
+    """True when a pruned model's FLOPs, parameters and memory bytes all fit the budget (a
+    check that counts no memory, as pruning does against a folded budget, passes 0)."""
+    return not over_budget(b, flops, params, memory)
 
 
 def simulated_round(

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 
 from fedrlprune.devices import TIERS
 
+THEORETICAL = " (theoretical: needs sparse kernels)"  # unstructured FLOPs: zeros still computed
 SUMMARY_ROWS = (
     ("final_accuracy", "final accuracy (global model, global test set)", "{:.4f}"),
     ("best_accuracy", "best accuracy over rounds", "{:.4f}"),
@@ -29,6 +30,11 @@ SUMMARY_ROWS = (
     ("deployed_accuracy_mean", "clients' deployed models, global test accuracy, mean", "{:.4f}"),
     ("deployed_param_reduction", "clients' deployed models, parameter reduction", "{:.2f}x"),
     ("deployed_flops_reduction", "clients' deployed models, FLOPs reduction", "{:.2f}x"),
+    (
+        "deployed_memory_bytes_mean",
+        "clients' deployed models, memory bytes (weights + peak activations), mean",
+        "{:,.0f}",
+    ),
     ("budget_satisfaction", "share of clients inside their device budget", "{:.2f}"),
     ("upload_bytes_total", "upload, bytes in all", "{:,}"),
     ("download_bytes_total", "download, bytes in all", "{:,}"),
@@ -60,12 +66,14 @@ def write_report(
         "| figure | value |",
         "| --- | --- |",
     ]
+    theoretical = summary.get("flops_kind") == "theoretical"
     for key, label, fmt in SUMMARY_ROWS:
         value = summary.get(key)
         shown = "n/a" if value is None else fmt.format(value)
-        lines.append(f"| {label} | {shown} |")
+        flops = theoretical and "flops" in key and key != "dense_flops"
+        lines.append(f"| {label}{THEORETICAL if flops else ''} | {shown} |")
     lines.append("")
-    lines += _tier_table(summary.get("per_client") or [])
+    lines += _tier_table(summary.get("per_client") or [], theoretical)
     failed = summary.get("failed_clients") or []
     if failed:
         lines += [
@@ -85,16 +93,18 @@ def write_report(
     (out_dir / "report.md").write_text("\n".join(lines))
 
 
-def _tier_table(per_client: Sequence[dict[str, Any]]) -> list[str]:
-    """Clients' deployed models by device tier: what each tier runs and whether it fits."""
+def _tier_table(per_client: Sequence[dict[str, Any]], theoretical: bool) -> list[str]:
+    """Clients' deployed models by device tier: what each tier runs and whether it fits
+    (parameters, FLOPs and memory bytes, as `within_budget` checks them)."""
     if not per_client:
         return []
+    flops = f"effective FLOPs{THEORETICAL if theoretical else ''}"
     lines = [
         "Deployed models by device tier (means over the tier's clients):",
         "",
-        "| tier | clients | held out | non-zero params | effective FLOPs | inside budget "
+        f"| tier | clients | held out | non-zero params | {flops} | memory bytes | inside budget "
         "| accuracy (global test) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     names = [t for t in TIERS if any(c["tier"] == t for c in per_client)]
     for tier in names:
@@ -103,6 +113,7 @@ def _tier_table(per_client: Sequence[dict[str, Any]]) -> list[str]:
             f"| {tier} | {len(group)} | {sum(bool(c.get('heldout')) for c in group)} "
             f"| {np.mean([c['nonzero_params'] for c in group]):,.0f} "
             f"| {np.mean([c['effective_flops'] for c in group]):,.0f} "
+            f"| {np.mean([c.get('memory_bytes', np.nan) for c in group]):,.0f} "
             f"| {sum(bool(c['within_budget']) for c in group)}/{len(group)} "
             f"| {np.mean([c['accuracy_global_test'] for c in group]):.4f} |"
         )

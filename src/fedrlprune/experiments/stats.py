@@ -111,6 +111,7 @@ def summary(
         "deployed_effective_flops_mean": deployed_flops,
         "deployed_param_reduction": cost.dense_params / deployed_params,
         "deployed_flops_reduction": cost.dense_flops / deployed_flops,
+        "deployed_memory_bytes_mean": mean([c["memory_bytes"] for c in per_client]),
         "budget_satisfaction": mean([float(c["within_budget"]) for c in per_client]),
         "deployed_latency_speedup": mean([c["latency_speedup"] for c in per_client]),
         **groups(per_client),

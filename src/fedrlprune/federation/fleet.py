@@ -7,15 +7,24 @@ model under the client's own mask) costs.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
 
-from fedrlprune.devices import TIERS, Budget, assign_tiers, budget, within_budget
+from fedrlprune.devices import TIERS, Budget, assign_tiers, budget, over_budget
+from fedrlprune.pruning.compact import compact_model
 from fedrlprune.pruning.groups import ChannelGroup, channel_groups
-from fedrlprune.pruning.masks import pruning_targets
+from fedrlprune.pruning.masks import apply_masks, pruning_targets
+from fedrlprune.pruning.memory import (
+    Footprint,
+    activation_bytes,
+    compact_footprint,
+    kept_weight_limit,
+    sparse_footprint,
+)
 from fedrlprune.pruning.metrics import (
     ModelCost,
     chained_cost,
@@ -25,6 +34,7 @@ from fedrlprune.pruning.metrics import (
 )
 from fedrlprune.pruning.schedule import pruning_rounds
 from fedrlprune.state import Masks, State
+from fedrlprune.training import set_state
 
 if TYPE_CHECKING:
     from fedrlprune.config import Config
@@ -42,6 +52,11 @@ class ModelFacts:
     dense_params: int
     structured: bool  # structured masks: count the cost of the compact model
     groups: tuple[ChannelGroup, ...] | None  # structured: coupled channels, cut together
+    template: nn.Module  # a copy of the model: the architecture a footprint is measured on
+    input_shape: tuple[int, ...]
+    itemsize: int  # bytes of one parameter
+    buffer_bytes: int  # BatchNorm statistics and the like: inference reads them too
+    activations: int  # the dense model's peak activation bytes at batch 1, a pruned one's most
 
     @classmethod
     def of(
@@ -53,6 +68,7 @@ class ModelFacts:
     ) -> ModelFacts:
         named = dict(model.named_parameters())
         targets = tuple(pruning_targets(model, skip))
+        first = next(iter(named.values()), None)
         return cls(
             params=tuple(named),
             targets=targets,
@@ -62,12 +78,49 @@ class ModelFacts:
             dense_params=sum(p.numel() for p in named.values()),
             structured=structured,
             groups=tuple(channel_groups(model, input_shape, targets)) if structured else None,
+            template=copy.deepcopy(model),
+            input_shape=input_shape,
+            itemsize=first.element_size() if first is not None else 4,
+            buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
+            activations=activation_bytes(model, input_shape),
         )
 
     def cost(self, state: State) -> ModelCost:
         params = {p: state[p] for p in self.params}
         count = chained_cost if self.structured else state_cost
         return count(params, self.layer_flops, self.total_flops)
+
+    def footprint(self, state: State, masks: Masks) -> Footprint:
+        """What a device budget checks of `state` under `masks`: the compact model it exports
+        when structured (its parameters, FLOPs and memory); when not, the sparse storage."""
+        deployed = apply_masks(state, masks)
+        if not self.structured:
+            flops = self.cost(deployed).effective_flops
+            return sparse_footprint(deployed, self.params, masks, flops, self.activations)
+        set_state(self.template, deployed)
+        model = compact_model(self.template, masks, self.input_shape) if masks else self.template
+        return compact_footprint(model, self.input_shape)
+
+    def pruning_budget(self, final: Budget) -> Budget:
+        """`final` in the units pruning counts (kept weights, FLOPs), its memory limit and (when
+        unstructured) the sparse storage folded into `max_params`, so a model inside it is
+        inside `final`. Memory is bounded by the dense model's activations and buffers, which
+        pruning only shrinks: safe, but where activations dominate (VGG-11 on the MCU) it asks
+        for more pruning than the compact model needs; the final check measures the real one."""
+        room = final.max_memory - self.buffer_bytes - self.activations
+        if self.structured:
+            limit = min(final.max_params, room / self.itemsize)
+        else:
+            pruned = sum(self.weights.values())
+            dense = self.dense_params - pruned  # stored dense: biases, layers left unpruned
+            byte_limit = min(final.max_params * self.itemsize, room)
+            kept = kept_weight_limit(
+                byte_limit, dense * self.itemsize, list(self.weights.values()), self.itemsize
+            )
+            limit = min(final.max_params, dense + kept)
+        # at least one parameter: the limits must stay positive (an out-of-reach budget is
+        # reported before round 1 by the server)
+        return Budget(final.max_flops, max(limit, 1.0))
 
     def sparsity(self, state: State) -> float:
         """Share of zero weights over the pruned layers (0 when nothing is pruned)."""
@@ -128,10 +181,26 @@ class Fleet:
             out[key] = mask & global_masks[key] if key in global_masks else mask
         return out
 
-    def report(self, cid: int, deployed: State) -> dict[str, Any]:
-        """Per-client figures for summary.json: tier, cost, budget and whether it fits."""
+    def pruning_budget(self, cid: int) -> Budget:
+        """Client `cid`'s final budget in the units pruning counts (`ModelFacts.pruning_budget`)."""
+        return self.facts.pruning_budget(self.clients[cid].budget)
+
+    def fits(self, cid: int, state: State, masks: Masks) -> bool:
+        """Whether `state` under `masks` fits client `cid`'s budget, as the summary checks it."""
+        fp = self.facts.footprint(state, masks)
+        return not over_budget(self.clients[cid].budget, fp.flops, fp.params, fp.memory_bytes)
+
+    def report(self, cid: int, deployed: State, fp: Footprint) -> dict[str, Any]:
+        """Per-client figures for summary.json: tier, cost, budget and whether it fits; `fp` is
+        the deployed model's footprint, which the budget checks (`ModelFacts.footprint`)."""
         rec = self.clients[cid]
         cost = self.facts.cost(deployed)
+        missed = over_budget(rec.budget, fp.flops, fp.params, fp.memory_bytes)
+        if self.facts.structured:
+            checked = {"compact_params": int(fp.params), "compact_flops": fp.flops}
+        else:
+            stored = round(fp.params * self.facts.itemsize)
+            checked = {"sparse_bytes": stored, "theoretical_flops": fp.flops}
         return {
             "client": cid,
             "tier": rec.tier,
@@ -141,7 +210,11 @@ class Fleet:
             "effective_flops": cost.effective_flops,
             "param_reduction": cost.param_reduction,
             "flops_reduction": cost.flops_reduction,
+            **checked,
+            "memory_bytes": fp.memory_bytes,
             "budget_params": rec.budget.max_params,
             "budget_flops": rec.budget.max_flops,
-            "within_budget": within_budget(rec.budget, cost.effective_flops, cost.nonzero_params),
+            "budget_memory_bytes": rec.budget.max_memory,
+            "over_budget": missed,
+            "within_budget": not missed,
         }

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedrlprune.devices import TIERS, simulated_round, training_flops, within_budget
+from fedrlprune.devices import TIERS, Budget, over_budget, simulated_round, training_flops
 from fedrlprune.experiments.latency import deployed_latency
 from fedrlprune.experiments.stats import Drops, RoundOutcome, drop_entries
 from fedrlprune.federation.checkpoint import RunState
@@ -26,6 +26,7 @@ from fedrlprune.federation.fleet import Fleet, ModelFacts
 from fedrlprune.federation.messages import Expected, Orders, Reply
 from fedrlprune.methods import METHODS
 from fedrlprune.pruning.masks import apply_masks, magnitude_masks
+from fedrlprune.pruning.memory import Footprint
 from fedrlprune.pruning.schedule import MAX_RATE
 from fedrlprune.state import Masks, State
 from fedrlprune.training import evaluate, get_state, set_state
@@ -83,24 +84,19 @@ class Federation:
 
     def _unreachable_budgets(self) -> list[str]:
         """The device tiers whose budget this model cannot meet even with every pruned layer at
-        the largest rate: said before round 1, with the way out, not found in the summary."""
+        the largest rate, on any limit (parameters, FLOPs, memory, as the summary counts them):
+        said before round 1, with the way out, not found in the summary."""
         targets = dict.fromkeys(self.facts.targets, MAX_RATE)
         mode = "structured" if self.cfg.structured else "unstructured"
         floor = magnitude_masks(self.state, targets, mode, None, self.facts.groups)
-        least = self.facts.cost(apply_masks(self.state, floor))
+        least = self.facts.footprint(self.state, floor)
         missed = []
         for tier in sorted({rec.tier for rec in self.fleet.clients}):
             limit = next(r.budget for r in self.fleet.clients if r.tier == tier)
-            if not within_budget(limit, least.effective_flops, least.nonzero_params):
+            over = over_budget(limit, least.flops, least.params, least.memory_bytes)
+            if over:
                 missed.append(tier)
-                log.warning(
-                    "the %s budget (%d params, %d FLOPs) is out of this model's reach: with every "
-                    "pruned layer at %.0f%% it keeps %d params and %d FLOPs, mostly in the "
-                    "layers left dense (prune_skip = %r). Prune those too (prune_skip = \"\"), "
-                    "use a smaller model, or leave the tier out (device_mix)",
-                    tier, limit.max_params, limit.max_flops, MAX_RATE * 100,
-                    least.nonzero_params, least.effective_flops, self.cfg.prune_skip,
-                )  # fmt: skip
+                log.warning("%s", unreachable_message(tier, over, limit, least, self.cfg))
         return missed
 
     def sample(self, rnd: int) -> list[int]:
@@ -227,6 +223,7 @@ class Federation:
             self.dropped["deploy"] = drop_entries(lost)
         per_client = []
         accuracy: dict[bytes, float] = {}  # clients that deploy the same model share its figure
+        footprint: dict[bytes, Footprint] = {}
         for cid in self.everyone:
             masks, local = answers.get(cid, ({}, float("nan")))
             rec = self.fleet.clients[cid]
@@ -236,7 +233,8 @@ class Federation:
             deployed = apply_masks(self.state, deploy_masks)
             if key not in accuracy:
                 accuracy[key] = self.evaluate(deployed)[1]
-            entry = self.fleet.report(cid, deployed)
+                footprint[key] = self.facts.footprint(self.state, deploy_masks)
+            entry = self.fleet.report(cid, deployed, footprint[key])
             entry["accuracy_global_test"] = accuracy[key]
             entry["accuracy_local_test"] = local
             per_client.append(entry)
@@ -286,6 +284,21 @@ class Federation:
             elapsed=elapsed,
             finished=finished,
         )
+
+
+def unreachable_message(
+    tier: str, over: list[str], limit: Budget, least: Footprint, cfg: Config
+) -> str:
+    """Why a tier's budget is out of the model's reach, and the ways out."""
+    return (
+        f"the {tier} budget ({limit.max_params:.0f} params, {limit.max_flops:.0f} FLOPs, "
+        f"{limit.max_memory:.0f} memory bytes) is out of this model's reach on "
+        f"{', '.join(over)}: with every pruned layer at {MAX_RATE:.0%} it keeps "
+        f"{least.params:.0f} params, {least.flops} FLOPs and {least.memory_bytes} memory bytes "
+        f"(weights plus peak activations at batch 1), mostly in what pruning leaves whole "
+        f"(prune_skip = {cfg.prune_skip!r}; activations). Prune those layers too "
+        '(prune_skip = ""), use a smaller model or input, or leave the tier out (device_mix)'
+    )
 
 
 def masks_key(masks: Masks) -> bytes:

@@ -228,6 +228,8 @@ def _summary(
         **summary(rows, per_client, fed.facts.cost(final), density, fed.failed),
         "dropped_clients": fed.dropped,
         "unreachable_budgets": fed.unreachable,
+        # unstructured FLOPs count only kept weights: real only with sparse kernels
+        "flops_kind": "compact" if cfg.structured else "theoretical",
         "rounds_without_update": [r["round"] for r in rows if not r["global_updated"]],
     }
 

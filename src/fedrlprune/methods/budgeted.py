@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fedrlprune.devices import Budget, within_budget
+from fedrlprune.devices import Budget
 from fedrlprune.federation.messages import Orders
 from fedrlprune.methods.base import Method
-from fedrlprune.pruning.masks import apply_masks
 from fedrlprune.pruning.schedule import scheduled_rate
 from fedrlprune.state import Masks, State
 
@@ -53,18 +52,18 @@ class BudgetedPruning(Method):
         return replace(orders, budget_flops=limit.max_flops, budget_params=limit.max_params)
 
     def fits_final(self, cid: int, state: State, masks: Masks) -> bool:
-        """Whether client `cid` has pruned and `state` under `masks` fits its final budget."""
+        """Whether client `cid` has pruned and `state` under `masks` fits its final budget, on
+        every limit as the summary checks it (the compact model when structured)."""
         if self.fleet.clients[cid].masks is None:
             return False
-        cost = self.fleet.facts.cost(apply_masks(state, masks))
-        limit = self.fleet.clients[cid].budget
-        return within_budget(limit, cost.effective_flops, cost.nonzero_params)
+        return self.fleet.fits(cid, state, masks)
 
     def budget_now(self, cid: int, step: int) -> Budget:
         """The budget at pruning step `step`: from the dense model toward the client's budget
+        (memory and sparse storage folded into its params limit, `Fleet.pruning_budget`)
         along the same cubic schedule as `magnitude`, so pruning stays progressive."""
         facts = self.fleet.facts
-        final = self.fleet.clients[cid].budget
+        final = self.fleet.pruning_budget(cid)
         frac = scheduled_rate(1.0, step, len(self.fleet.prune_rounds))
         return Budget(
             facts.total_flops - frac * (facts.total_flops - final.max_flops),

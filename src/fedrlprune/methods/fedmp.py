@@ -23,9 +23,10 @@ Where we depart from the paper, and why:
 - Round time is the device-simulated time of the client's tier (`devices.py`), not measured.
 
 Device budgets: FedMP's per-client ratios exist to fit heterogeneous devices, so we keep the
-budgets: a client's arms are only the ratios whose compact sub-model fits its device budget
-(`feasible_arms`; if none fits, the largest ratio, and the miss is reported). Pruning is always
-structured for FedMP, whatever `prune_mode` says, as in the paper.
+budgets: a client's arms are only the ratios whose compact sub-model fits its device budget,
+parameters, FLOPs and memory measured on the compact model (`feasible_arms`; if none fits, the
+largest ratio, and the miss is reported). Pruning is always structured for FedMP, whatever
+`prune_mode` says, as in the paper.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import numpy as np
 from fedrlprune.devices import within_budget
 from fedrlprune.federation.messages import Orders, Reply
 from fedrlprune.methods.base import ClientData, Finished, Method, rate_metrics
-from fedrlprune.pruning.masks import apply_masks, magnitude_masks
+from fedrlprune.pruning.masks import magnitude_masks
 from fedrlprune.state import Masks, State
 from fedrlprune.training import StepHook, evaluate
 
@@ -120,10 +121,12 @@ class FedMP(Method):
     def start(
         self, state: State, global_masks: Masks, train_sizes: dict[int, int]
     ) -> tuple[State, Masks]:
+        cuts = {ratio: self._cut(state, ratio) for ratio in ARMS}
+        sizes = {ratio: self.fleet.facts.footprint(state, cut) for ratio, cut in cuts.items()}
+
         def fits(cid: int, ratio: float) -> bool:
-            cost = self.fleet.facts.cost(apply_masks(state, self._cut(state, ratio)))
-            limit = self.fleet.clients[cid].budget
-            return within_budget(limit, cost.effective_flops, cost.nonzero_params)
+            fp, limit = sizes[ratio], self.fleet.clients[cid].budget
+            return within_budget(limit, fp.flops, fp.params, fp.memory_bytes)
 
         self.bandits = {
             rec.cid: DiscountedUCB(feasible_arms(ARMS, partial(fits, rec.cid)))

@@ -28,7 +28,9 @@ class Magnitude(Method):
 
     def __init__(self, cfg: Config, fleet: Fleet) -> None:
         super().__init__(cfg, fleet)
-        self.final_rate = {rec.cid: self._final_rate(rec.budget) for rec in fleet.clients}
+        self.final_rate = {
+            c.cid: self._final_rate(fleet.pruning_budget(c.cid)) for c in fleet.clients
+        }
 
     def _final_rate(self, limit: Budget) -> float:
         rate = self.cfg.prune_rate

@@ -4,10 +4,12 @@ Parameter counts say little about whether a model fits a device: a compact CNN's
 activations can outweigh its weights, and an unstructured model only saves memory in a sparse
 storage format. ``memory_bytes`` measures the compact (or dense) model as it runs;
 ``sparse_bytes`` sizes an unstructured model stored the way ``payload.encode`` sends it.
+``Footprint`` is what a device budget checks of a deployed model, in either mode.
 """
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from fedrlprune.errors import ConfigError
-from fedrlprune.pruning.metrics import one_pass
+from fedrlprune.pruning.metrics import one_pass, total_flops
 from fedrlprune.pruning.payload import index_dtype
 from fedrlprune.state import Masks
 
@@ -122,7 +124,67 @@ def sparse_bytes(state: Mapping[str, np.ndarray], masks: Masks) -> int:
         if name not in masks:
             total += arr.nbytes
             continue
-        kept = int(np.count_nonzero(masks[name]))
-        where = min(math.ceil(arr.size / 8), kept * index_dtype(arr.size).itemsize)
-        total += kept * arr.itemsize + where
+        total += masked_bytes(int(np.count_nonzero(masks[name])), arr.size, arr.itemsize)
     return total
+
+
+def masked_bytes(kept: int, size: int, itemsize: int) -> int:
+    """Bytes of one masked tensor of `size` entries that keeps `kept`, as ``sparse_bytes``
+    counts it: the kept values plus the smaller of a bitmask and a list of kept indices."""
+    return kept * itemsize + min(math.ceil(size / 8), kept * index_dtype(size).itemsize)
+
+
+def kept_weight_limit(
+    byte_limit: float, dense_bytes: int, sizes: Sequence[int], itemsize: int
+) -> float:
+    """The most entries masked tensors of `sizes` may keep together, however they share them
+    out, for their sparse storage plus `dense_bytes` to stay within `byte_limit` (negative
+    when even nothing kept does not fit).
+
+    Summed over tensors, ``masked_bytes`` is at most kept x (itemsize + the widest index) and
+    at most kept x itemsize + every bitmask, so the limit is the larger of the two solutions:
+    exact when one index width or the bitmasks serve every tensor, safe otherwise.
+    """
+    room = byte_limit - dense_bytes
+    widest = max((index_dtype(n).itemsize for n in sizes), default=0)
+    bitmasks = sum(math.ceil(n / 8) for n in sizes)
+    return max(room / (itemsize + widest), (room - bitmasks) / itemsize)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a device budget checks of a deployed model, one figure per limit.
+
+    Structured (compact): the compact model's parameters and FLOPs, and ``memory_bytes`` of it.
+    Unstructured (masked): ``params`` is the sparse storage's bytes of the parameters (values
+    plus bitmasks or indices) over the bytes of one parameter, the dense parameters those bytes
+    would hold; ``flops`` is theoretical (it needs sparse kernels); memory is that storage plus
+    the buffers plus the dense model's peak activations (a runtime that runs from the sparse
+    format is assumed: ONNX Runtime and PyTorch on a CPU hold the dense weights).
+    """
+
+    params: float
+    flops: int
+    memory_bytes: int
+
+
+def compact_footprint(model: nn.Module, input_shape: tuple[int, ...]) -> Footprint:
+    """The footprint of a model as it runs (compact when structured-pruned, or dense)."""
+    params = sum(p.numel() for p in model.parameters())
+    return Footprint(params, total_flops(model, input_shape), memory_bytes(model, input_shape))
+
+
+def sparse_footprint(
+    state: Mapping[str, np.ndarray],
+    params: Sequence[str],
+    masks: Masks,
+    flops: int,
+    activations: int,
+) -> Footprint:
+    """The footprint of an unstructured model: `state` (parameters named in `params`, the rest
+    buffers) stored under `masks`, its theoretical `flops` and the dense `activations` bytes."""
+    weights = {p: state[p] for p in params}
+    stored = sparse_bytes(weights, {k: m for k, m in masks.items() if k in weights})
+    itemsize = max((np.asarray(v).itemsize for v in weights.values()), default=4)
+    buffers = sum(np.asarray(v).nbytes for k, v in state.items() if k not in weights)
+    return Footprint(stored / itemsize, flops, stored + buffers + activations)
