@@ -20,6 +20,7 @@ from torch import nn
 
 from fedrlprune.federation.aggregation import aggregate_sparse
 from fedrlprune.federation.messages import Orders, Reply
+from fedrlprune.pruning.cost import StructuredCost
 from fedrlprune.pruning.groups import ChannelGroup, channel_groups
 from fedrlprune.pruning.masks import MaskEnforcer, layer_sparsity
 from fedrlprune.state import Masks, State
@@ -59,6 +60,14 @@ class ClientData:
         if "groups" not in self.cache:
             self.cache["groups"] = channel_groups(self.model, self.input_shape, self.targets)
         return self.cache["groups"]
+
+    def structured_cost(self) -> StructuredCost:
+        """What the compact model costs for any channels removed (pruning/cost.py); counted
+        once per client."""
+        if "cost" not in self.cache:
+            groups = self.groups(True) or []
+            self.cache["cost"] = StructuredCost.of(self.model, self.input_shape, groups)
+        return self.cache["cost"]
 
     def initial_state(self, seed: int) -> State:
         """The run's initial weights, rebuilt the way the server builds them (same seed, same

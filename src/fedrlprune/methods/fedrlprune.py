@@ -130,6 +130,7 @@ class FedRLPrune(BudgetedPruning):
             policy=orders.policy,
             settings=cls._settings(cfg, rl, orders.round, int(data.stats["client"])),
             groups=data.groups(cfg.structured),
+            cost=data.structured_cost() if cfg.structured else None,
         )
         metrics: dict[str, Any] = {f"rate/{layer}": r for layer, r in result.rates.items()}
         metrics |= {

@@ -5,10 +5,11 @@ output channels in structured mode) and says how many units of each layer to pru
 model fits this step's budget. The masks then come from `MagnitudeRanking`, exactly as
 `rl_prune`'s do, so a rule differs from `fedrlprune` only in where its rates come from.
 
-The cost is counted as the pruning env counts it (the dense model minus what the pruned units
-hold; the inputs a removed channel frees in the next layer are not counted), except that each
-layer's saved FLOPs are rounded down: the server's own count (`ModelFacts.cost`) rounds them to
-the nearest, so a model that fits here fits there too.
+The cost is counted as the pruning env counts it: unstructured, the dense model minus what the
+pruned units hold, each layer's saved FLOPs rounded down (the server's own count rounds them to
+the nearest, so a model that fits here fits there too); structured, what the compact model
+costs, the inputs a removed channel frees in the layers that read it included
+(pruning/cost.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fedrlprune.devices import Budget, within_budget
 from fedrlprune.federation.messages import Orders
 from fedrlprune.methods.base import ClientData, Pruned
 from fedrlprune.methods.budgeted import BudgetedPruning
+from fedrlprune.pruning.cost import StructuredCost
 from fedrlprune.pruning.masks import MagnitudeRanking, apply_masks
 from fedrlprune.pruning.metrics import total_flops
 from fedrlprune.pruning.schedule import MAX_RATE
@@ -62,9 +64,12 @@ class Account:
     total_params: int
     total_flops: int
     budget: Budget
+    compact: StructuredCost | None = None  # structured: what the compact model costs
 
     def cost(self, counts: Mapping[str, int]) -> tuple[int, int]:
         """(params, FLOPs) of the model with `counts[layer]` units of each layer pruned."""
+        if self.compact is not None:
+            return self.compact.at_counts(counts)
         params = self.total_params - sum(u.unit_weights * counts[u.name] for u in self.layers)
         flops = self.total_flops - sum(u.saved_flops(counts[u.name]) for u in self.layers)
         return params, flops
@@ -143,4 +148,5 @@ def client_account(
         total_params=sum(p.numel() for p in data.model.parameters()),
         total_flops=data.cache["total_flops"],
         budget=Budget(orders.budget_flops, orders.budget_params),
+        compact=data.structured_cost() if mode == "structured" else None,
     )

@@ -10,6 +10,7 @@ ask this for every candidate rate, so it is a sum over layers, not a compaction;
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -72,6 +73,11 @@ class StructuredCost:
             params -= round(size.weights * (1 - kept))
             flops -= round(size.flops * (1 - kept))
         return params, flops
+
+    def at_rates(self, rates: Mapping[str, float]) -> tuple[int, int]:
+        """`at_counts` with floor(rate x channels) of each named layer's channels removed, as
+        `MagnitudeRanking` removes them."""
+        return self.at_counts({n: math.floor(r * self.layers[n].out) for n, r in rates.items()})
 
     def at_counts(self, counts: Mapping[str, int]) -> tuple[int, int]:
         """`cost` with each group's channels removed as `counts` gives for its first layer

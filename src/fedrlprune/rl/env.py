@@ -82,7 +82,9 @@ class PruningEnv(gym.Env[np.ndarray, int]):
 
     `evaluate` gets {layer: rate} and returns the pruned model's accuracy (0..1) on the client's
     validation split. `floor` holds each layer's current sparsity: pruning is progressive and
-    monotone, so a rate below it would change nothing and is raised to it.
+    monotone, so a rate below it would change nothing and is raised to it. `counter` gives the
+    (params, FLOPs) of per-layer rates where counting each layer's own weights is not the cost
+    (structured pruning: a removed channel also removes the next layer's inputs).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class PruningEnv(gym.Env[np.ndarray, int]):
         reward: str = "acc_cost",
         cost_weight: float = 0.5,
         rates: Sequence[float] = RATES,
+        counter: Callable[[dict[str, float]], tuple[int, int]] | None = None,
     ) -> None:
         if not layers:
             raise ConfigError("the pruning env needs at least one layer to prune; got none")
@@ -130,6 +133,7 @@ class PruningEnv(gym.Env[np.ndarray, int]):
         self.reward_kind = reward
         self.cost_weight = cost_weight
         self.rates = tuple(float(r) for r in rates)
+        self.counter = counter
         self.action_space = gym.spaces.Discrete(len(self.rates))
         self.observation_space = gym.spaces.Box(0.0, 1.0, (OBS_DIM,), np.float32)
 
@@ -153,7 +157,10 @@ class PruningEnv(gym.Env[np.ndarray, int]):
         return weights, flops
 
     def cost(self, rates: Sequence[float]) -> tuple[int, float]:
-        """(params, FLOPs) of the model with layer i pruned at rates[i] (all layers given)."""
+        """(params, FLOPs) of the model with layer i pruned at rates[i] (all layers given); by
+        `counter` when given (structured: what the compact model costs, pruning/cost.py)."""
+        if self.counter is not None:
+            return self.counter({la.name: r for la, r in zip(self.layers, rates, strict=True)})
         weights, flops = self._removed(rates)
         return self.total_params - weights, self.total_flops - flops
 

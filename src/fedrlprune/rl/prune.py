@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fedrlprune.devices import Budget
+from fedrlprune.pruning.cost import StructuredCost
 from fedrlprune.pruning.groups import ChannelGroup
 from fedrlprune.pruning.masks import MagnitudeRanking
 from fedrlprune.rl.agent import DQNAgent, DQNConfig, greedy_rates, train
@@ -81,8 +82,10 @@ def rl_prune(
     policy: Mapping[str, np.ndarray],
     settings: RLSettings,
     groups: Sequence[ChannelGroup] | None = None,
+    cost: StructuredCost | None = None,
 ) -> RLResult:
-    """Train the policy on this client's pruning MDP (if allowed), prune greedily, return all."""
+    """Train the policy on this client's pruning MDP (if allowed), prune greedily, return all.
+    `cost`: structured mode's count of what the compact model costs (pruning/cost.py)."""
     start = time.perf_counter()
     names = [layer.name for layer in layers]
     ranking = MagnitudeRanking(state, names, mode, masks or None, groups)
@@ -102,6 +105,7 @@ def rl_prune(
         reward=settings.reward,
         cost_weight=settings.cost_weight,
         rates=[settings.rate_scale * r for r in ACTION_RATES],
+        counter=cost.at_rates if cost is not None and mode == "structured" else None,
     )
     env.reset(seed=settings.seed)
     agent = new_agent(settings.seed, settings.lr)
