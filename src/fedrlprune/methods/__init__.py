@@ -9,6 +9,8 @@ from fedrlprune.methods.fedavg import FedAvg
 from fedrlprune.methods.feddst import FedDST
 from fedrlprune.methods.fedmp import FedMP
 from fedrlprune.methods.fedrlprune import FedRLPrune
+from fedrlprune.methods.fedrolex import FedRolex
+from fedrlprune.methods.heterofl import HeteroFL
 from fedrlprune.methods.lamp import Lamp
 from fedrlprune.methods.lotteryfl import LotteryFL
 from fedrlprune.methods.magnitude import Magnitude
@@ -17,7 +19,19 @@ from fedrlprune.methods.uniform import Uniform
 
 METHODS: dict[str, type[Method]] = {
     m.name: m
-    for m in (FedRLPrune, FedAvg, Magnitude, Uniform, Lamp, PruneFL, FedMP, LotteryFL, FedDST)
+    for m in (
+        FedRLPrune,
+        FedAvg,
+        Magnitude,
+        Uniform,
+        Lamp,
+        PruneFL,
+        FedMP,
+        LotteryFL,
+        FedDST,
+        HeteroFL,
+        FedRolex,
+    )
 }
 
 __all__ = ["METHODS", "Method"]

@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from torch import nn
 
 from fedrlprune.pruning.groups import ChannelGroup
@@ -64,8 +65,8 @@ class StructuredCost:
         for group, gone in zip(self.groups, removed, strict=True):
             for layer in group.layers:
                 out_gone[layer] = gone
-            for reader, cols in group.readers.items():
-                in_gone[reader] += gone * cols
+            for key, source in group.readers.items():
+                in_gone[key.removesuffix(".weight")] += gone * _columns(source, group.size)
             params -= gone * (len(group.members) - len(group.layers))  # biases, BatchNorm
         for name, size in self.layers.items():
             in_kept = 1 - min(in_gone[name], size.inputs) / size.inputs
@@ -83,3 +84,9 @@ class StructuredCost:
         """`cost` with each group's channels removed as `counts` gives for its first layer
         (layers without a group, or not first in theirs, are ignored, as the masks ignore them)."""
         return self.cost([counts.get(group.layers[0], 0) for group in self.groups])
+
+
+def _columns(source: np.ndarray, channels: int) -> int:
+    """Input columns one channel feeds in a reader (`ChannelGroup.readers`): 1 for a conv, the
+    spatial size for a linear layer after a flatten."""
+    return int(np.count_nonzero(source >= 0)) // channels

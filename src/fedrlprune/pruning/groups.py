@@ -11,6 +11,7 @@ them would change nothing the (already zero) channel feeds them.
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,16 +29,16 @@ class ChannelGroup:
 
     ``layers`` are the conv/linear layers whose output channels are tied (definition order);
     ``members`` maps each coupled parameter (their weights and biases, BatchNorm weights and
-    biases) to the index, along its first axis, of each of the group's ``size`` channels;
-    ``readers`` maps each conv/linear layer that reads the channels to the input columns one
-    channel feeds (1 for a conv, the spatial size for a linear layer after a flatten), so a
-    removed channel's cost in the next layer can be counted (pruning/cost.py).
+    biases) to the index, along its first axis, of each of the group's ``size`` channels.
+    ``readers`` maps the weight of each conv/linear layer that reads the channels to the channel
+    each of its input columns (axis 1) reads, -1 where a column reads something else: the
+    entries a compact model removes with a channel, beside its own slices.
     """
 
     layers: tuple[str, ...]
     size: int
     members: Mapping[str, np.ndarray]
-    readers: Mapping[str, int] = field(default_factory=dict)
+    readers: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def rate(self, rates: Mapping[str, float]) -> float | None:
         """The rate of the first of ``layers`` that ``rates`` names (None: leave the group)."""
@@ -81,6 +82,19 @@ class ChannelGroup:
             channel_alive[index] = alive
             keep = current_mask(current, key, shape)
             out[key] = keep & channel_alive.reshape((shape[0],) + (1,) * (len(shape) - 1))
+        return out
+
+    def reader_masks(self, shapes: Mapping[str, tuple[int, ...]], alive: np.ndarray) -> Masks:
+        """A mask for every reader's weight with the input columns of dropped channels off:
+        what a sub-model of the ``alive`` channels holds of the layers that read them."""
+        out: Masks = {}
+        for key, source in self.readers.items():
+            shape = tuple(shapes[key])
+            columns = np.ones(shape[1], dtype=bool)
+            read = source >= 0
+            columns[read] = alive[source[read]]
+            layout = (1, shape[1]) + (1,) * (len(shape) - 2)
+            out[key] = np.broadcast_to(columns.reshape(layout), shape).copy()
         return out
 
 
@@ -162,14 +176,12 @@ def _group_of(
     read = False
     tied: list[str] = []
     members: dict[str, np.ndarray] = {}
-    readers: dict[str, int] = {}
+    readers: dict[str, np.ndarray] = {}
     for item in group:
         module, handler = item.dep.target.module, item.dep.handler
         if not dg.is_out_channel_pruning_fn(handler):
-            if dg.is_in_channel_pruning_fn(handler):  # a later layer's input columns
-                read = True
-                if isinstance(module, PRUNABLE_TYPES) and module in names:
-                    readers[names[module]] = max(1, len(item.idxs) // size)
+            read |= dg.is_in_channel_pruning_fn(handler)  # a later layer's input columns
+            _add_reader(readers, item, module, names)
             continue
         if module not in names or not isinstance(module, nn.Module):
             continue  # an operation (addition, concatenation), no parameters of its own
@@ -184,5 +196,18 @@ def _group_of(
     if not read or any((index < 0).any() for index in members.values()):
         return None  # model outputs, or a split that ties only part of the channels
     order = {name: i for i, name in enumerate(names.values())}
-    readers = {name: cols for name, cols in readers.items() if name not in tied}
     return ChannelGroup(tuple(sorted(tied, key=order.__getitem__)), size, members, readers)
+
+
+def _add_reader(
+    readers: dict[str, np.ndarray], item: Any, module: object, names: Mapping[nn.Module, str]
+) -> None:
+    """Record which input columns of a conv/linear layer read which of the group's channels
+    (a depthwise conv's inputs are its own channels, already a member)."""
+    if not isinstance(module, PRUNABLE_TYPES) or module not in names:
+        return
+    if getattr(module, "groups", 1) != 1:
+        return
+    key = f"{names[module]}.weight"
+    source = readers.setdefault(key, np.full(module.weight.shape[1], -1))
+    source[np.asarray(item.idxs, dtype=int)] = np.asarray(item.root_idxs, dtype=int)
