@@ -3,14 +3,21 @@
 Each size runs as its own `fedrlprune run` process (so Ray starts and stops with it, as for a
 user), while a sampler adds up the resident memory of that process and all its descendants
 (Ray's raylet, store and workers included) every half second. Reported per size: the wall time
-of the whole command, the server's set-up (handshake with every client), the median round, the
-end of the run (deployment and per-client evaluation), and the peak memory of the process tree.
+of the whole command, the server's set-up (the simulation engine starting, the partitions, one
+round's clients loading their data), the median round, the end of the run (deployment,
+per-client evaluation and the latency measurement), and the peak memory of the process tree.
 
     .venv/bin/python benchmarks/scale.py --out benchmarks/results/scale
 
 writes `scale.json` and `scale.md` into `--out` (and each run's results folder under it). The
 target: at 1000 clients, set-up plus end of run within the time of 20 rounds, and peak memory
 within 20% of that at 100 clients.
+
+    .venv/bin/python benchmarks/scale.py --busy --out benchmarks/results/scale
+
+instead runs a 6-client `fedrlprune` simulation while two processes keep both cores busy, and
+writes whether it completed, and how long it took, to `busy.json`: a slow machine must make a
+simulation slower, never fail it.
 """
 
 from __future__ import annotations
@@ -100,13 +107,51 @@ def run_size(clients: int, rounds: int, out: Path) -> dict[str, Any]:
     }
 
 
+def burn() -> None:
+    """Keep one core busy until killed."""
+    while True:
+        pass
+
+
+def busy_run(out: Path, hogs: int = 2) -> dict[str, Any]:
+    """A small 6-client `fedrlprune` simulation while `hogs` processes spin on the cores."""
+    spin = [sys.executable, "-c", "from scale import burn; burn()"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    procs = [subprocess.Popen(spin, env=env) for _ in range(hogs)]
+    run_dir = out / "busy"
+    cmd = [
+        str(Path(sys.executable).parent / "fedrlprune"), "run", "--no-live", "--out", str(run_dir),
+        "--set", "clients=6", "--set", "rounds=3", "--set", "local_epochs=1",
+        "--set", "data_fraction=0.1", "--set", "rl_episodes=4", "--set", "latency_runs=0",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        for proc in procs:
+            proc.kill()
+    wall = time.perf_counter() - started
+    summary = json.loads((run_dir / "summary.json").read_text()) if done.returncode == 0 else {}
+    return {
+        "clients": 6,
+        "busy_processes": hogs,
+        "cores": os.cpu_count(),
+        "returncode": done.returncode,
+        "completed": done.returncode == 0 and summary.get("rounds_completed") == 3,
+        "wall_seconds": wall,
+        "setup_seconds": summary.get("setup_seconds"),
+        "tail": done.stdout[-1500:] + done.stderr[-1500:] if done.returncode else "",
+    }
+
+
 def markdown(rows: list[dict[str, Any]], command: str) -> str:
     lines = [
         "# Simulation at scale",
         "",
         f"Command: `{command}`; fedavg, Fashion-MNIST, LeNet-5, {PER_ROUND} clients per round, "
-        "one local epoch. Set-up is the handshake with every client; end of run is deployment, "
-        "per-client evaluation and the latency measurement; memory is the peak resident memory "
+        "one local epoch. Set-up is the simulation engine starting, the partitions and one "
+        "round's clients loading their data; end of run is deployment, per-client evaluation "
+        "and the latency measurement; memory is the peak resident memory "
         "of the run's whole process tree (Ray included).",
         "",
         "| clients | wall s | set-up s | median round s | end of run s | "
@@ -128,8 +173,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/scale"))
     parser.add_argument("--rounds", type=int, default=5, help="rounds per size (default 5)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--busy", action="store_true", help="the busy-machine check instead")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.busy:
+        result = busy_run(args.out)
+        (args.out / "busy.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
     command = " ".join(["python benchmarks/scale.py", *sys.argv[1:]])
     rows: list[dict[str, Any]] = []
     for clients in args.sizes:
