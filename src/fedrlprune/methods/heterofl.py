@@ -52,8 +52,8 @@ from fedrlprune.devices import Budget, within_budget
 from fedrlprune.federation.aggregation import aggregate_sparse
 from fedrlprune.federation.messages import Orders, Reply
 from fedrlprune.methods.base import ANY_VOTE, ClientData, Finished, Method, rate_metrics
+from fedrlprune.pruning.cost import StructuredCost
 from fedrlprune.pruning.groups import ChannelGroup
-from fedrlprune.pruning.masks import apply_masks
 from fedrlprune.state import Masks, State
 from fedrlprune.training import StepHook
 
@@ -140,25 +140,27 @@ class HeteroFL(Method):
     def start(
         self, state: State, global_masks: Masks, train_sizes: dict[int, int]
     ) -> tuple[State, Masks]:
-        """Each tier's width: the largest whose sub-model fits its budget. Counted on a state of
-        ones, so a weight that happens to be zero (a BatchNorm's initial shift) still counts:
-        it will not stay zero once trained."""
+        """Each tier's width: the largest whose compact sub-model fits its budget (memory folded
+        into the parameter limit, `Fleet.pruning_budget`), counted by pruning/cost.py."""
+        facts = self.fleet.facts
+        counter = StructuredCost.of(facts.template, facts.input_shape, self._groups())
         rates = width_rates(self._groups())
-        ones = {key: np.ones_like(value) for key, value in state.items()}
         by_tier: dict[str, float] = {}
         for rec in self.fleet.clients:
             if rec.tier not in by_tier:
-                by_tier[rec.tier] = largest_fitting(rates, partial(self.fits, ones, rec.budget))
+                limit = self.fleet.pruning_budget(rec.cid)
+                by_tier[rec.tier] = largest_fitting(rates, partial(self.fits, counter, limit))
         self.rates = {rec.cid: by_tier[rec.tier] for rec in self.fleet.clients}
         return state, {}
 
     def _groups(self) -> tuple[ChannelGroup, ...]:
         return self.fleet.facts.groups or ()
 
-    def fits(self, state: State, limit: Budget, rate: float) -> bool:
-        """Whether the sub-model of width `rate` of `state` fits `limit` (params and FLOPs)."""
-        cost = self.fleet.facts.cost(apply_masks(state, self.cut(state, rate, 1)))
-        return within_budget(limit, cost.effective_flops, cost.nonzero_params)
+    def fits(self, counter: StructuredCost, limit: Budget, rate: float) -> bool:
+        """Whether the compact sub-model of width `rate` fits `limit` (params and FLOPs)."""
+        groups = self._groups()
+        params, flops = counter.cost([g.size - width_channels(rate, g.size) for g in groups])
+        return within_budget(limit, flops, params)
 
     def cut(self, state: State, rate: float, rnd: int) -> Masks:
         """The masks of the sub-model of width `rate` in round `rnd`."""
