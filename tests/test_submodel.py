@@ -47,7 +47,7 @@ SHAPES = {
     "cnn": MNIST,
     "mlp": MNIST,
     "vgg11": (3, 32, 32),
-    "resnet18": (3, 16, 16),
+    "resnet18": (3, 8, 8),
     "user": (3, 8, 8),
 }
 
@@ -157,15 +157,12 @@ def test_the_core_trained_beside_the_model_maps_into_compact_coordinates() -> No
 
 
 def test_removed_batchnorm_statistics_keep_the_received_values() -> None:
-    sub, received, dense, got = both_ways("vgg11")
-    removed = ~kept(sub.index["features.1.running_var"], received["features.1.running_var"].shape)
+    sub, received, dense, got = both_ways("user")
+    key = "bn1.running_var"
+    removed = ~kept(sub.index[key], received[key].shape)
     assert removed.any()
-    np.testing.assert_array_equal(
-        got["features.1.running_var"][removed], received["features.1.running_var"][removed]
-    )
-    assert (
-        dense["features.1.running_var"][removed] < received["features.1.running_var"][removed]
-    ).all()
+    np.testing.assert_array_equal(got[key][removed], received[key][removed])
+    assert (dense[key][removed] < received[key][removed]).all()  # masked training decays them
 
 
 def test_expand_writes_only_the_kept_entries() -> None:
