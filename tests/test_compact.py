@@ -16,6 +16,7 @@ from fedrlprune.models import build_model
 from fedrlprune.pruning.compact import (
     compact_model,
     export_onnx,
+    kept_indices,
     onnx_latency,
     pruned_channels,
     torch_latency,
@@ -190,6 +191,20 @@ def test_resnet18_residual_channels_go_only_where_all_coupled_layers_pruned() ->
     assert compact.conv1.out_channels == 62  # only channels 1 and 2 are pruned everywhere
     assert compact.layer1[0].conv2.out_channels == compact.layer1[1].conv2.out_channels == 62
     assert compact.layer2[0].shortcut[0].in_channels == 62
+
+
+def test_kept_indices_place_every_compact_entry_in_the_dense_state(
+    cnn: nn.Module, cnn_masks: dict
+) -> None:
+    compact = compact_model(cnn, cnn_masks, MNIST)
+    index = kept_indices(cnn, cnn_masks, MNIST)
+    dense = {k: v.numpy() for k, v in cnn.state_dict().items()}
+    for key, value in compact.state_dict().items():
+        expected = np.where(cnn_masks[key], dense[key], 0) if key in cnn_masks else dense[key]
+        np.testing.assert_array_equal(value.numpy(), expected[np.ix_(*index[key])], err_msg=key)
+    odd = list(range(1, 64, 2))  # the channels conv2 keeps, each 7x7 positions in fc1's input
+    assert index["conv2.weight"][1].tolist() == odd[:16]
+    assert index["fc1.weight"][1].tolist() == [c * 49 + p for c in odd for p in range(49)]
 
 
 def test_every_channel_of_a_layer_is_refused(cnn: nn.Module) -> None:

@@ -36,6 +36,8 @@ ROUND_COLUMNS = (
     "download_bytes",
     "round_seconds",
     "client_train_seconds_mean",
+    "clients_compact",
+    "client_compact_seconds_mean",
     "rl_seconds_mean",
     "rl_episodes",
     "rl_evaluations",

@@ -59,6 +59,10 @@ def round_row(out: RoundOutcome, dense_upload: int, seconds: float) -> dict[str,
         "download_bytes": sum(out.download_bytes.values()),
         "round_seconds": seconds,
         "client_train_seconds_mean": mean([float(m["train-seconds"]) for m in metrics]),
+        "clients_compact": sum(int(m.get("compact-training", 0)) for m in metrics),
+        "client_compact_seconds_mean": mean(
+            [float(m["compact-seconds"]) for m in metrics if m.get("compact-training")]
+        ),
         "rl_seconds_mean": mean([float(m["rl-seconds"]) for m in metrics if "rl-seconds" in m]),
         "rl_episodes": sum(int(m.get("rl-episodes", 0)) for m in metrics),
         "rl_evaluations": sum(int(m.get("rl-evaluations", 0)) for m in metrics),

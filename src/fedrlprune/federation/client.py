@@ -7,19 +7,24 @@ they return.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from fedrlprune.data.federated import FederatedData, federate, federate_named
 from fedrlprune.data.loaders import ArrayDataset
+from fedrlprune.errors import FedRLPruneError
 from fedrlprune.federation.messages import Orders
 from fedrlprune.methods import METHODS
 from fedrlprune.methods.base import ClientData
 from fedrlprune.models import ModelFactory, build_model
-from fedrlprune.pruning.masks import pruning_targets
+from fedrlprune.pruning.compact import pruned_channels
+from fedrlprune.pruning.masks import apply_masks, pruning_targets
+from fedrlprune.pruning.submodel import SubModel, expand, extract, to_compact
 from fedrlprune.state import Masks, State
 from fedrlprune.training import as_tensors, evaluate, get_state, round_lr, set_state, train
 
@@ -41,15 +46,20 @@ class Update:
 def train_round(
     cfg: Config, data: ClientData, state: State, masks: Masks, orders: Orders
 ) -> Update:
-    """Prune (the method's rule), train locally with the method's step hook, finish."""
+    """Prune (the method's rule), train locally with the method's step hook, finish. A structured
+    client trains its compact sub-model where it can (`local_training`); the dense model takes
+    the trained weights back before the method finishes."""
     method = METHODS[cfg.method]
     cid = int(data.stats["client"])
     pruned = method.prune(cfg, data, state, masks, orders)
     set_state(data.model, pruned.state)
     metrics = dict(pruned.metrics) | method.before_training(cfg, data, orders)
-    hook = method.training_hook(cfg, data, pruned.masks, orders)
+    start = time.perf_counter()
+    local = local_training(cfg, data, pruned.masks, core_within(orders.core, pruned.masks))
+    hook = method.training_hook(cfg, local.data, local.masks, orders)
+    compact_seconds = time.perf_counter() - start
     result = train(
-        data.model,
+        local.data.model,
         data.x_train,
         data.y_train,
         epochs=cfg.local_epochs,
@@ -59,8 +69,11 @@ def train_round(
         weight_decay=cfg.weight_decay,
         seed=cfg.seed * 1_000_003 + orders.round * 10_007 + cid,
         hook=hook,
-        core=core_within(orders.core, pruned.masks),
+        core=local.core,
     )
+    start = time.perf_counter()
+    local.write_back(data.model, apply_masks(pruned.state, pruned.masks))
+    compact_seconds += time.perf_counter() - start
     done = method.after_training(cfg, data, pruned.masks, hook, orders)
     metrics |= done.metrics | {
         "partition-id": cid,
@@ -68,8 +81,47 @@ def train_round(
         "epochs": cfg.local_epochs,
         "train-loss": result.loss,
         "train-seconds": result.seconds,
+        "compact-training": int(local.sub is not None),
+        "compact-seconds": compact_seconds if local.sub is not None else 0.0,
     }
     return Update(get_state(data.model), done.masks, metrics, pruned.policy, done.importance)
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """What a client trains: its dense model, or the compact sub-model `sub` in its place, with
+    the mask and the core in the same coordinates."""
+
+    data: ClientData
+    masks: Masks
+    core: Masks | None
+    sub: SubModel | None = None
+
+    def write_back(self, model: nn.Module, base: State) -> None:
+        """Put the trained sub-model into the dense `model`; `base`: the state trained from,
+        masked entries zero (nothing to do when the dense model was trained)."""
+        if self.sub is not None:
+            set_state(model, expand(get_state(self.sub.model), self.sub.index, base))
+
+
+def local_training(
+    cfg: Config, data: ClientData, masks: Masks, core: Masks | None
+) -> LocalTraining:
+    """The compact sub-model where a structured run's method allows it (`compact_training`)
+    and its masks remove a channel exactly; the masked dense model otherwise (masks not cut per
+    channel group, which `compact_model` refuses, are trained that way)."""
+    dense = LocalTraining(data, masks, core)
+    if not (cfg.structured and METHODS[cfg.method].compact_training and masks):
+        return dense
+    if not any(pruned_channels(masks, data.model).values()):
+        return dense
+    try:
+        sub = extract(data.model, masks, data.input_shape)
+    except FedRLPruneError:
+        return dense
+    cut = None if core is None else to_compact(core, sub.index)
+    view = replace(data, model=sub.model, cache={})  # nothing cached for the dense model
+    return LocalTraining(view, to_compact(masks, sub.index), cut, sub)
 
 
 def deploy(cfg: Config, data: ClientData, state: State, masks: Masks, orders: Orders) -> Update:

@@ -109,6 +109,10 @@ class Method:
     resumable: ClassVar[bool] = True  # its server state is all in the checkpoint
     keeps_own_masks: ClassVar[bool] = True  # False: every client follows the server's mask
     may_move: ClassVar[bool] = False  # client masks may move at constant density
+    # Structured runs: the client trains the compact sub-model (pruned channels removed) and
+    # writes it back. False for a method whose `training_hook` needs the dense coordinates
+    # (e.g. accumulates dense gradients); `after_training` always sees the dense model.
+    compact_training: ClassVar[bool] = True
 
     def __init__(self, cfg: Config, fleet: Fleet) -> None:
         self.cfg = cfg
@@ -201,7 +205,9 @@ class Method:
     def training_hook(
         cls, cfg: Config, data: ClientData, masks: Masks, orders: Orders
     ) -> StepHook | None:
-        """Called around every optimiser step: by default, keeps pruned weights at zero."""
+        """Called around every optimiser step: by default, keeps pruned weights at zero. With
+        `compact_training` in a structured run, `data.model` and `masks` are the compact
+        sub-model's."""
         return MaskEnforcer(data.model, masks) if masks else None
 
     @classmethod

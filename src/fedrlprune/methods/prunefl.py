@@ -188,6 +188,7 @@ class PruneFL(Method):
     summary = "PruneFL: one mask readjusted by gradient importance per second of round time"
     modes = ("unstructured",)
     keeps_own_masks = False
+    compact_training = False  # the importance hook sums gradients in dense coordinates
 
     def __init__(self, cfg: Config, fleet: Fleet) -> None:
         super().__init__(cfg, fleet)

@@ -17,6 +17,7 @@ remove exactly.
 
 import copy
 import logging
+import math
 import statistics
 import time
 import warnings
@@ -139,6 +140,21 @@ def _refuse_live_bias(
             )
 
 
+def _shrink(
+    model: nn.Module, pruned: dict[str, list[int]], example: torch.Tensor, refuse_live_bias: bool
+) -> None:
+    """Remove ``pruned`` channels from ``model`` in place, along torch-pruning's dependencies."""
+    layers = prunable_layers(model)
+    names = {layer: name for name, layer in layers.items()}
+    with torch.enable_grad():  # the dependency graph is traced through autograd
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    for layer, prune_fn, channels in _removal_plan(dg, layers, pruned):
+        group = dg.get_pruning_group(layer, prune_fn, channels)
+        if refuse_live_bias:
+            _refuse_live_bias(group, dg, names)
+        group.prune()
+
+
 def compact_model(model: nn.Module, masks: Masks, input_shape: tuple[int, ...]) -> nn.Module:
     """A deep copy of ``model`` with the masked output channels physically removed.
 
@@ -163,15 +179,7 @@ def compact_model(model: nn.Module, masks: Masks, input_shape: tuple[int, ...]) 
     with torch.no_grad():
         expected = compact(x)
 
-    layers = prunable_layers(compact)
-    names = {layer: name for name, layer in layers.items()}
-    with torch.enable_grad():  # the dependency graph is traced through autograd
-        dg = tp.DependencyGraph().build_dependency(compact, example_inputs=x[:1], verbose=False)
-    for layer, prune_fn, channels in _removal_plan(dg, layers, pruned):
-        group = dg.get_pruning_group(layer, prune_fn, channels)
-        _refuse_live_bias(group, dg, names)
-        group.prune()
-
+    _shrink(compact, pruned, x[:1], refuse_live_bias=True)
     with torch.no_grad():
         got = compact(x)
     scale = max(1.0, expected.abs().max().item())
@@ -185,6 +193,49 @@ def compact_model(model: nn.Module, masks: Masks, input_shape: tuple[int, ...]) 
             "masks built with channel_groups do)"
         )
     return compact.train(model.training)
+
+
+Index = dict[str, tuple[np.ndarray, ...]]  # state key -> kept indices along each dimension
+
+
+def kept_indices(model: nn.Module, masks: Masks, input_shape: tuple[int, ...]) -> Index:
+    """Where each state entry (parameter or buffer) of ``compact_model(model, masks, ...)``
+    sits in the dense one: ``dense[np.ix_(*index[key])]`` is the compact entry.
+
+    Found by removing the same channels from a float64 copy whose every entry holds its own
+    flat index: what survives names what was kept, for any layer torch-pruning can shrink, since
+    it only selects slices. Masks are not checked against the outputs here; ``compact_model`` does.
+    """
+    pruned = pruned_channels(masks, model)
+    tags = copy.deepcopy(model).double().eval()
+    shapes = {}
+    with torch.no_grad():
+        for key, entry in tags.state_dict(keep_vars=True).items():
+            shapes[key] = tuple(entry.shape)
+            if entry.is_floating_point():
+                entry.copy_(torch.arange(entry.numel(), dtype=entry.dtype).reshape(entry.shape))
+    example = torch.zeros(
+        1, *input_shape, dtype=torch.float64, device=next(tags.parameters()).device
+    )
+    _shrink(tags, pruned, example, refuse_live_bias=False)
+    return {key: _kept(key, value, shapes[key]) for key, value in tags.state_dict().items()}
+
+
+def _kept(key: str, tags: torch.Tensor, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """The kept indices per dimension of a shrunk tag tensor (an untagged one must keep all)."""
+    if not shape:
+        return ()  # a scalar (BatchNorm's step counter) is kept whole
+    full = np.arange(math.prod(shape)).reshape(shape)
+    flat = tags.cpu().numpy().astype(np.int64) if tags.is_floating_point() else full
+    index = tuple(np.unique(c) for c in np.unravel_index(flat.ravel(), shape))
+    if tuple(tags.shape) != tuple(map(len, index)) or not np.array_equal(
+        full[np.ix_(*index)], flat
+    ):
+        raise FedRLPruneError(
+            f"compacting reordered or split the entries of {key!r}, so the compact model has no "
+            "place in the dense one; train this model dense (masked)"
+        )
+    return index
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
