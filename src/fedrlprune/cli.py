@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from fedrlprune import __version__
 from fedrlprune.config import Config, describe_keys, keys_markdown
@@ -157,8 +158,19 @@ def main(argv: list[str] | None = None) -> int:
         f"upload {summary['upload_bytes_total'] / 1e6:.1f} MB  "
         f"{summary['wall_seconds']:.0f}s"
     )
+    _print_tiers(summary)
     print(f"results: {summary['out_dir']}")
     return 0
+
+
+def _print_tiers(summary: dict[str, Any]) -> None:
+    """Each tier's deployed model beside the committed dense run of the same settings."""
+    from fedrlprune.config import read_toml
+    from fedrlprune.experiments.tiers import dense_reference, tier_lines
+
+    config = read_toml(Path(summary["out_dir"]) / "config.toml")
+    for line in tier_lines(summary, dense_reference(config)):
+        print(line)
 
 
 def _bench(args: argparse.Namespace, live: bool) -> int:
