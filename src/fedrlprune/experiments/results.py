@@ -38,6 +38,7 @@ ROUND_COLUMNS = (
     "client_train_seconds_mean",
     "rl_seconds_mean",
     "rl_episodes",
+    "rl_updates",
     "rl_evaluations",
     "sim_seconds",
     "sim_joules",
