@@ -11,7 +11,7 @@ from fedrlprune.errors import ConfigError
 from fedrlprune.models import build_model
 from fedrlprune.pruning import magnitude_masks
 from fedrlprune.pruning.schedule import budget_rate
-from fedrlprune.rl import OBS_DIM, RATES, ClientFeatures, PruningEnv, layer_infos
+from fedrlprune.rl import OBS_DIM, RATES, ClientFeatures, PruningEnv, Score, layer_infos
 
 MNIST = (1, 28, 28)
 TARGETS = ["conv1", "conv2", "fc1", "fc2"]  # fc3, the head, stays dense
@@ -180,6 +180,21 @@ def test_floor_and_sparsity_features() -> None:
     assert obs[16] == 0.5
 
 
+def test_the_observation_carries_what_the_episode_decided() -> None:
+    """Weights removed and still to come, and what is still to cut to meet the budget."""
+    budget = shares(0.6, 0.4)
+    env = make_env(budget)
+    obs, _ = env.reset()
+    rest = sum(layer.weights for layer in LAYERS[1:])
+    assert obs[18] == 0.0 and obs[19] == pytest.approx(rest / TOTAL_PARAMS)
+    assert obs[20] == pytest.approx(0.4) and obs[21] == pytest.approx(0.6)  # nothing cut yet
+    obs, *_ = env.step(RATES.index(0.2))  # conv1: 30 weights, a fifth of its FLOPs
+    assert obs[18] == pytest.approx(30 / TOTAL_PARAMS)
+    assert obs[19] == pytest.approx((rest - 2400) / TOTAL_PARAMS)
+    assert obs[20] == pytest.approx(0.4 - 235200 * 30 / 150 / TOTAL_FLOPS)
+    assert obs[21] == pytest.approx(0.6 - 30 / TOTAL_PARAMS)
+
+
 def test_cost_matches_direct_count_and_masks() -> None:
     env = make_env(shares(0.15, 0.08))
     rng = np.random.default_rng(2)
@@ -208,14 +223,20 @@ def test_counting_agrees_with_budget_rate() -> None:
 
 
 def test_acc_cost_reward_by_hand() -> None:
-    env = make_env(cost_weight=0.3)
+    """Accuracy minus loss minus the cost, counted as shares of the budget, not of the model."""
+    budget = shares(0.7, 0.5)
+    env = make_env(budget, cost_weight=0.3, evaluate=lambda rates: Score(0.5, 1.2))
     _, reward, info = run(env, [2, 4, 6, 8])  # 0.2, 0.4, 0.6, 0.8
-    acc = 1.0 - 0.5
     kept_flops = TOTAL_FLOPS - (235200 * 30 / 150 + 480000 * 960 / 2400 + 96000 * 0.6 + 20160 * 0.8)
-    assert info["accuracy"] == pytest.approx(acc)
+    assert (info["accuracy"], info["loss"]) == (0.5, 1.2)
     assert info["flops"] == pytest.approx(kept_flops)
-    cost = (kept_flops / TOTAL_FLOPS + info["params"] / TOTAL_PARAMS) / 2
-    assert reward == pytest.approx(acc - 0.3 * cost)
+    cost = (kept_flops / budget.max_flops + info["params"] / budget.max_params) / 2
+    assert reward == pytest.approx(0.5 - 1.2 - 0.3 * cost)
+
+
+def test_a_float_score_is_an_accuracy_alone() -> None:
+    _, reward, info = run(make_env(cost_weight=0.0), [0, 0, 0, 0])
+    assert (info["accuracy"], info["loss"], reward) == (1.0, 0.0, 1.0)
 
 
 def test_amc_reward_by_hand() -> None:

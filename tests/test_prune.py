@@ -9,7 +9,14 @@ from fedrlprune.models import build_model
 from fedrlprune.pruning.masks import magnitude_masks
 from fedrlprune.pruning.metrics import total_flops
 from fedrlprune.rl.env import layer_infos
-from fedrlprune.rl.prune import ACTION_RATES, RLSettings, client_features, new_agent, rl_prune
+from fedrlprune.rl.prune import (
+    ACTION_RATES,
+    RLSettings,
+    client_features,
+    new_agent,
+    reward_sample,
+    rl_prune,
+)
 from fedrlprune.training import get_state
 
 SHAPE = (1, 28, 28)
@@ -38,8 +45,7 @@ def _run(
         total_flops=flops,
         budget=budget,
         client=client_features(0.3, 0.2, 600, 0.8, 0.5),
-        x_val=x,
-        y_val=y,
+        sample=(x, y),
         policy=policy,
         settings=RLSettings(
             episodes=6, eps_start=eps[0], eps_end=eps[1], reward="acc_cost", cost_weight=0.3,
@@ -63,8 +69,10 @@ def test_a_held_out_client_does_not_change_the_policy() -> None:
     frozen, policy, *_ = _run(learn=False)
     assert frozen.episodes == 0
     assert all(np.array_equal(frozen.policy[k], policy[k]) for k in policy)
+    assert frozen.updates == 0
     trained, policy, *_ = _run(learn=True)
     assert trained.episodes == 6
+    assert trained.updates > 0  # 24 transitions: past learning_starts, so gradient steps ran
     assert any(not np.array_equal(trained.policy[k], policy[k]) for k in policy)
 
 
@@ -90,3 +98,15 @@ def test_each_distinct_pruned_model_is_evaluated_once(monkeypatch: pytest.Monkey
     # most 4 can differ; without the memo there would be 7 evaluations
     result = _run(True, eps=(0.0, 0.0))[0]
     assert result.evaluations == len(calls) <= 4
+
+
+def test_the_reward_sample_is_fixed_and_filled_from_training() -> None:
+    x_val, y_val = torch.zeros(10, 3), torch.zeros(10, dtype=torch.int64)
+    x_train, y_train = torch.ones(500, 3), torch.ones(500, dtype=torch.int64)
+    x, y = reward_sample(x_val, y_val, x_train, y_train, size=64, seed=2)
+    assert len(y) == 64 and int((y == 0).sum()) == 10  # the whole validation split, then fill
+    again = reward_sample(x_val, y_val, x_train, y_train, size=64, seed=2)
+    assert torch.equal(x, again[0])
+    big_val = torch.arange(300).float().unsqueeze(1)
+    x, y = reward_sample(big_val, torch.zeros(300, dtype=torch.int64), x_train, y_train, size=64)
+    assert len(y) == 64 and set(x.squeeze(1).tolist()) <= set(range(300))  # held-out only

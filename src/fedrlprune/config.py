@@ -23,6 +23,7 @@ from fedrlprune.errors import ConfigError
 from fedrlprune.federation.aggregation import RULES, UNKEPT
 from fedrlprune.methods import METHODS
 from fedrlprune.pruning.masks import MODES
+from fedrlprune.rl.agent import TARGETS
 from fedrlprune.rl.env import REWARDS
 from fedrlprune.rl.federation import POLICIES
 from fedrlprune.training import LR_SCHEDULES
@@ -148,14 +149,25 @@ class Config:
         24, "`fedrlprune`: DQN episodes each client trains per pruning round", lo=1, hi=10_000
     )
     rl_reward: str = _key(
-        "acc_cost", "reward: accuracy minus cost, or AMC's -error*log(FLOPs)", choices=REWARDS
+        "acc_cost",
+        "reward: accuracy minus loss minus cost, or AMC's -error*log(FLOPs)",
+        choices=REWARDS,
     )
     rl_cost_weight: float = _key(
-        0.05, "weight of the cost (mean share of FLOPs and params kept) in `acc_cost`", lo=0, hi=100
+        0.3,
+        "weight of the cost (mean share of the budget's FLOPs and params used) in `acc_cost`",
+        lo=0,
+        hi=100,
     )
     rl_lr: float = _key(1e-3, "learning rate of the Q-network", lo=0, hi=1, lo_open=True)
     rl_eps_start: float = _key(1.0, "exploration at the first pruning round", lo=0, hi=1)
     rl_eps_end: float = _key(0.05, "exploration at the last pruning round", lo=0, hi=1)
+    rl_targets: str = _key(
+        "bootstrap",
+        "the DQN's targets: `bootstrap` (Double DQN from the target net) or `monte_carlo` "
+        "(each step regressed on its episode's return, the ablation)",
+        choices=TARGETS,
+    )
     rl_policy: str = _key(
         "federated",
         "`federated`: average the clients' Q-networks into one policy; `local`: each client "

@@ -40,6 +40,7 @@ ROUND_COLUMNS = (
     "client_compact_seconds_mean",
     "rl_seconds_mean",
     "rl_episodes",
+    "rl_updates",
     "rl_evaluations",
     "sim_seconds",
     "sim_joules",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedrlprune.devices import TIERS, Budget
+from fedrlprune.errors import FedRLPruneError
 from fedrlprune.federation.messages import Orders, Reply, RLOrders
 from fedrlprune.methods.base import ClientData, Pruned
 from fedrlprune.methods.budgeted import BudgetedPruning
@@ -27,7 +28,14 @@ from fedrlprune.pruning.metrics import total_flops
 from fedrlprune.pruning.schedule import scheduled_rate
 from fedrlprune.rl.env import layer_infos
 from fedrlprune.rl.federation import PolicyStore
-from fedrlprune.rl.prune import RLSettings, client_features, new_agent, rl_prune
+from fedrlprune.rl.prune import (
+    RLSettings,
+    client_features,
+    new_agent,
+    policy_layout,
+    reward_sample,
+    rl_prune,
+)
 from fedrlprune.state import Masks, State
 
 if TYPE_CHECKING:
@@ -91,6 +99,8 @@ class FedRLPrune(BudgetedPruning):
                 universal[name] = value
             else:
                 own.setdefault(int(who.removeprefix("client")), {})[name] = value
+        for weights in (universal, *own.values()):
+            check_policy(weights)
         self.policies.universal, self.policies.own = universal, own
 
     def artifacts(self) -> dict[str, State]:
@@ -108,6 +118,9 @@ class FedRLPrune(BudgetedPruning):
         if "layers" not in data.cache:
             data.cache["layers"] = layer_infos(data.model, data.input_shape, data.targets)
             data.cache["total_flops"] = total_flops(data.model, data.input_shape)
+            data.cache["reward_sample"] = reward_sample(
+                data.x_val, data.y_val, data.x_train, data.y_train, seed=int(data.stats["client"])
+            )
         rl = orders.rl
         result = rl_prune(
             data.model,
@@ -125,8 +138,7 @@ class FedRLPrune(BudgetedPruning):
                 float(data.stats["label_entropy"]),
                 rl.progress,
             ),
-            x_val=data.x_val,
-            y_val=data.y_val,
+            sample=data.cache["reward_sample"],
             policy=orders.policy,
             settings=cls._settings(cfg, rl, orders.round, int(data.stats["client"])),
             groups=data.groups(cfg.structured),
@@ -136,6 +148,7 @@ class FedRLPrune(BudgetedPruning):
         metrics |= {
             "rl-seconds": result.seconds,
             "rl-episodes": result.episodes,
+            "rl-updates": result.updates,
             "rl-evaluations": result.evaluations,
             "rl-val-accuracy": result.val_accuracy,
             "rl-within-budget": int(result.within_budget),
@@ -153,6 +166,19 @@ class FedRLPrune(BudgetedPruning):
             cost_weight=cfg.rl_cost_weight,
             lr=cfg.rl_lr,
             learn=rl.learn,
+            targets=cfg.rl_targets,
             rate_scale=rl.rate_scale,
             seed=cfg.seed * 7_919 + rnd * 101 + cid,
+        )
+
+
+def check_policy(weights: State) -> None:
+    """A checkpoint's policy must fit today's Q-network (the observation grew with the state)."""
+    layout = policy_layout()
+    shapes = {k: np.shape(v) for k, v in weights.items()}
+    if shapes != {k: np.shape(v) for k, v in layout.items()}:
+        raise FedRLPruneError(
+            f"the checkpoint's policy has arrays {shapes}, but this version's Q-network needs "
+            f"{ {k: np.shape(v) for k, v in layout.items()} }: it was written by an older "
+            "version; start the run again in a new folder"
         )

@@ -1,6 +1,7 @@
 """Reinforcement learning: the pruning MDP and the DQN agent whose Q-network is federated."""
 
 from fedrlprune.rl.agent import (
+    TARGETS,
     DQNAgent,
     DQNConfig,
     QNetwork,
@@ -8,6 +9,7 @@ from fedrlprune.rl.agent import (
     average_weights,
     epsilon_at,
     greedy_rates,
+    n_step_transitions,
     run_episode,
     train,
 )
@@ -18,6 +20,7 @@ from fedrlprune.rl.env import (
     ClientFeatures,
     LayerInfo,
     PruningEnv,
+    Score,
     layer_infos,
 )
 
@@ -25,6 +28,7 @@ __all__ = [
     "OBS_DIM",
     "RATES",
     "REWARDS",
+    "TARGETS",
     "ClientFeatures",
     "DQNAgent",
     "DQNConfig",
@@ -32,10 +36,12 @@ __all__ = [
     "PruningEnv",
     "QNetwork",
     "ReplayBuffer",
+    "Score",
     "average_weights",
     "epsilon_at",
     "greedy_rates",
     "layer_infos",
+    "n_step_transitions",
     "run_episode",
     "train",
 ]

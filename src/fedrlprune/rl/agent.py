@@ -1,13 +1,16 @@
-"""Double DQN (van Hasselt et al. 2016) with replay, a hard-updated target net and ε-greedy;
-by default each step's target is its episode return, as in AMC (see DQNConfig.monte_carlo).
+"""Double DQN (van Hasselt et al. 2016) with n-step bootstrapped targets, replay, a
+hard-updated target net and ε-greedy, laid out as CleanRL's dqn.py. `targets = "monte_carlo"`
+regresses every step on its return-to-go instead (n = the episode), the ablation.
 
-Written by hand rather than taken from a library: the Q-network must read out and load in as
-plain arrays for federated averaging, and the whole algorithm fits in one readable file.
+Written by hand rather than with SB3 or TorchRL: their DQN has no n-step or Monte-Carlo
+targets, learns from a whole `learn()` loop rather than one episode at a time, and the
+Q-network must read out and load in as plain arrays for federated averaging.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+TARGETS = ("bootstrap", "monte_carlo")
 
 
 @dataclass(frozen=True)
@@ -29,14 +34,23 @@ class DQNConfig:
     batch_size: int = 32
     buffer_size: int = 5000
     learning_starts: int = 32  # transitions stored before the first gradient step
-    train_every: int = 1  # env steps between gradient steps
+    train_every: int = 1  # env steps between rounds of gradient steps
+    gradient_steps: int = 1  # gradient steps in each round (replay ratio)
     target_every: int = 50  # gradient steps between hard target-net updates
     max_grad_norm: float = 10.0
-    # Regress each step's Q on its return-to-go instead of a bootstrapped TD target (AMC gives
-    # every step the final reward). The pruning env's observation cannot carry every earlier
-    # layer's rate, so TD targets through it lose which earlier action earned the reward: with
-    # TD only the last layer learned in tests/test_agent.py's pruning task, with returns all did.
-    monte_carlo: bool = True
+    targets: str = "bootstrap"  # or "monte_carlo": the return-to-go, nothing bootstrapped
+    n_step: int = 1  # rewards summed before bootstrapping from the target net
+
+    def __post_init__(self) -> None:
+        if self.targets not in TARGETS:
+            raise ValueError(f"unknown targets {self.targets!r}; use one of {', '.join(TARGETS)}")
+        if self.n_step < 1:
+            raise ValueError(f"n_step must be at least 1, got {self.n_step}")
+
+    @property
+    def horizon(self) -> float:
+        """Steps summed into one target: n, or the whole episode for Monte Carlo."""
+        return math.inf if self.targets == "monte_carlo" else self.n_step
 
 
 class QNetwork(nn.Module):
@@ -57,7 +71,8 @@ class QNetwork(nn.Module):
 
 
 class ReplayBuffer:
-    """Fixed-size ring buffer of transitions in numpy arrays; the oldest are overwritten."""
+    """Fixed-size ring buffer of n-step transitions in numpy arrays; the oldest are overwritten.
+    `reward` is the discounted sum over the n steps, `discount` gamma**n for the bootstrap."""
 
     def __init__(self, obs_dim: int, size: int) -> None:
         self.obs = np.zeros((size, obs_dim), dtype=np.float32)
@@ -65,24 +80,32 @@ class ReplayBuffer:
         self.actions = np.zeros(size, dtype=np.int64)
         self.rewards = np.zeros(size, dtype=np.float32)
         self.dones = np.zeros(size, dtype=np.float32)
+        self.discounts = np.ones(size, dtype=np.float32)
         self.size, self.pos, self.full = size, 0, False
 
     def __len__(self) -> int:
         return self.size if self.full else self.pos
 
     def add(
-        self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, done: bool
+        self,
+        obs: np.ndarray,
+        action: int,
+        reward: float,
+        next_obs: np.ndarray,
+        done: bool,
+        discount: float = 1.0,
     ) -> None:
         i = self.pos
         self.obs[i], self.actions[i], self.rewards[i] = obs, action, reward
-        self.next_obs[i], self.dones[i] = next_obs, float(done)
+        self.next_obs[i], self.dones[i], self.discounts[i] = next_obs, float(done), discount
         self.pos = (self.pos + 1) % self.size
         self.full = self.full or self.pos == 0
 
     def sample(self, batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        """A uniform batch, with replacement: tensors (obs, actions, rewards, next_obs, dones)."""
+        """A uniform batch, with replacement: tensors (obs, actions, rewards, next_obs, dones,
+        discounts)."""
         idx = rng.integers(0, len(self), size=batch)
-        arrays = (self.obs, self.actions, self.rewards, self.next_obs, self.dones)
+        arrays = (self.obs, self.actions, self.rewards, self.next_obs, self.dones, self.discounts)
         return tuple(torch.from_numpy(a[idx]) for a in arrays)
 
 
@@ -116,9 +139,15 @@ class DQNAgent:
         return self.greedy(obs)
 
     def remember(
-        self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, done: bool
+        self,
+        obs: np.ndarray,
+        action: int,
+        reward: float,
+        next_obs: np.ndarray,
+        done: bool,
+        discount: float = 1.0,
     ) -> None:
-        self.buffer.add(obs, action, reward, next_obs, done)
+        self.buffer.add(obs, action, reward, next_obs, done, discount)
         self.env_steps += 1
 
     def learn(self) -> float | None:
@@ -126,12 +155,13 @@ class DQNAgent:
         cfg = self.cfg
         if len(self.buffer) < max(cfg.learning_starts, 1):
             return None
-        obs, actions, rewards, next_obs, dones = self.buffer.sample(cfg.batch_size, self.rng)
+        batch = self.buffer.sample(cfg.batch_size, self.rng)
+        obs, actions, rewards, next_obs, dones, discounts = batch
         with torch.no_grad():
             # Double DQN: the online net picks a', the target net values it (less overestimation)
             next_actions = self.q(next_obs).argmax(dim=1, keepdim=True)
             next_q = self.target(next_obs).gather(1, next_actions).squeeze(1)
-            td_target = rewards + cfg.gamma * (1.0 - dones) * next_q
+            td_target = rewards + discounts * (1.0 - dones) * next_q
         q = self.q(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
         loss = F.smooth_l1_loss(q, td_target)
         self.optimizer.zero_grad()
@@ -174,32 +204,46 @@ def epsilon_at(step: int, start: float, end: float, decay_steps: int) -> float:
     return start + min(step / decay_steps, 1.0) * (end - start)
 
 
+Step = tuple[np.ndarray, int, float, np.ndarray, bool]  # obs, action, reward, next obs, terminated
+
+
+def n_step_transitions(
+    episode: Sequence[Step], horizon: float, gamma: float
+) -> list[tuple[np.ndarray, int, float, np.ndarray, bool, float]]:
+    """Each step's n-step transition (obs, action, reward, next obs, done, discount): the
+    rewards of the next `horizon` steps discounted and summed, and the state to bootstrap from
+    after them with its discount gamma**n; done when the episode terminated within them (a
+    truncated episode is cut, not over: its last state still has a future to bootstrap)."""
+    out = []
+    for t, (obs, action, _, _, _) in enumerate(episode):
+        ahead = episode[t : t + int(horizon) if math.isfinite(horizon) else None]
+        reward = sum(gamma**k * step[2] for k, step in enumerate(ahead))
+        _, _, _, next_obs, terminated = ahead[-1]
+        out.append((obs, action, reward, next_obs, terminated, gamma ** len(ahead)))
+    return out
+
+
 def run_episode(
     env: gym.Env, agent: DQNAgent, epsilon: float, learn: bool = True
 ) -> tuple[float, dict[str, Any]]:
-    """One episode; with `learn`, store its transitions at the end (the return-to-go is known
-    only then) and take one gradient step every `train_every` stored transitions."""
+    """One episode; with `learn`, store its n-step transitions at the end (the last steps'
+    sums are known only then) and take one gradient step every `train_every` of them."""
     obs, info = env.reset()
-    episode, done = [], False
+    episode: list[Step] = []
+    done = False
     while not done:
         action = agent.act(obs, epsilon)
         next_obs, reward, terminated, truncated, info = env.step(action)
         done = terminated or truncated
-        # a truncated episode is cut, not over: its last state still has a future to bootstrap
         episode.append((obs, action, float(reward), next_obs, terminated))
         obs = next_obs
-    rewards = [reward for _, _, reward, _, _ in episode]
     if learn:
-        to_go, returns = 0.0, [0.0] * len(episode)
-        for t in reversed(range(len(episode))):
-            to_go = returns[t] = rewards[t] + agent.cfg.gamma * to_go
-        for (obs, action, reward, next_obs, terminated), ret in zip(episode, returns, strict=True):
-            if agent.cfg.monte_carlo:
-                reward, terminated = ret, True  # the target is the return: nothing to bootstrap
-            agent.remember(obs, action, reward, next_obs, terminated)
+        for transition in n_step_transitions(episode, agent.cfg.horizon, agent.cfg.gamma):
+            agent.remember(*transition)
             if agent.env_steps % agent.cfg.train_every == 0:
-                agent.learn()
-    return sum(rewards), info
+                for _ in range(agent.cfg.gradient_steps):
+                    agent.learn()
+    return sum(step[2] for step in episode), info
 
 
 def train(

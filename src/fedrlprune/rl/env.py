@@ -1,8 +1,11 @@
 """The pruning MDP as a gymnasium.Env: one episode walks a client's prunable layers in order.
 
 Each step picks a pruning rate for one layer (AMC, He et al. ECCV 2018, with client features
-added so one policy can serve many clients). An action wall clips each rate up so the layers
-still to come can meet the client's budget; pruned weights and FLOPs are counted exactly as
+added so one policy can serve many clients). The observation carries what the episode has
+decided so far, as AMC's state does (FLOPs and weights removed and still to come, the previous
+rate) and what is still to cut to meet the budget, so a bootstrapped target can value a state
+without knowing the path to it. An action wall clips each rate up so the layers still to come
+can meet the client's budget; pruned weights and FLOPs are counted exactly as
 ``fedrlprune.pruning.schedule.budget_rate`` counts them, so the env's figures match the masks.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -23,7 +26,16 @@ from fedrlprune.pruning.metrics import layer_flops, prunable_layers
 
 RATES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 REWARDS = ("acc_cost", "amc")
-OBS_DIM = 18
+OBS_DIM = 22
+
+
+class Score(NamedTuple):
+    """A pruned model on the client's reward sample: accuracy (0..1) and mean cross-entropy.
+    The loss is the smooth part: it moves with every sample's confidence, not only with the
+    few samples near the decision boundary, so it tells close candidates apart."""
+
+    accuracy: float
+    loss: float = 0.0  # 0 where only an accuracy is known (synthetic tasks)
 
 
 @dataclass(frozen=True)
@@ -80,11 +92,12 @@ class ClientFeatures:
 class PruningEnv(gym.Env[np.ndarray, int]):
     """Step t sets layer t's pruning rate; the reward comes once, from the pruned model.
 
-    `evaluate` gets {layer: rate} and returns the pruned model's accuracy (0..1) on the client's
-    validation split. `floor` holds each layer's current sparsity: pruning is progressive and
-    monotone, so a rate below it would change nothing and is raised to it. `counter` gives the
-    (params, FLOPs) of per-layer rates where counting each layer's own weights is not the cost
-    (structured pruning: a removed channel also removes the next layer's inputs).
+    `evaluate` gets {layer: rate} and returns the pruned model's `Score` on the client's reward
+    sample (a float is an accuracy alone). `floor` holds each layer's current sparsity: pruning
+    is progressive and monotone, so a rate below it would change nothing and is raised to it.
+    `counter` gives the (params, FLOPs) of per-layer rates where counting each layer's own
+    weights is not the cost (structured pruning: a removed channel also removes the next
+    layer's inputs).
     """
 
     def __init__(
@@ -94,7 +107,7 @@ class PruningEnv(gym.Env[np.ndarray, int]):
         total_params: int,
         total_flops: int,
         budget: Budget,
-        evaluate: Callable[[dict[str, float]], float],
+        evaluate: Callable[[dict[str, float]], Score | float],
         client: ClientFeatures,
         floor: Mapping[str, float] | None = None,
         reward: str = "acc_cost",
@@ -180,10 +193,13 @@ class PruningEnv(gym.Env[np.ndarray, int]):
 
     def _observation(self) -> np.ndarray:
         t, T, layer = len(self._chosen), len(self.layers), self.layers[len(self._chosen)]
-        removed = self._removed(self._chosen)[1]
+        removed_weights, removed = self._removed(self._chosen)
         rest = sum(later.flops for later in self.layers[t + 1 :])
-        # the model's sparsity as it stands: decided layers at their rate, the rest at their floor
-        sparse = self._removed([*self._chosen, *self.floor[t:]])[0]
+        rest_weights = sum(later.weights for later in self.layers[t + 1 :])
+        # the model as it stands: decided layers at their rate, the rest at their floor
+        standing = [*self._chosen, *self.floor[t:]]
+        sparse = self._removed(standing)[0]
+        params, flops = self.cost(standing)
         c = self.client
         obs = [
             t / max(T - 1, 1),
@@ -204,6 +220,11 @@ class PruningEnv(gym.Env[np.ndarray, int]):
             c.round_fraction,
             self.floor[t],
             sparse / self._target_weights,
+            removed_weights / self.total_params,
+            rest_weights / self.total_params,
+            # what is still to cut to meet the budget, as shares of the dense model
+            max(flops - self.budget.max_flops, 0.0) / self.total_flops,
+            max(params - self.budget.max_params, 0.0) / self.total_params,
         ]
         return np.clip(np.asarray(obs, dtype=np.float32), 0.0, 1.0)
 
@@ -230,17 +251,25 @@ class PruningEnv(gym.Env[np.ndarray, int]):
 
         rates = {layer.name: r for layer, r in zip(self.layers, self._chosen, strict=True)}
         params, flops = self.cost(self._chosen)
-        acc = float(self.evaluate(rates))
-        if self.reward_kind == "acc_cost":  # cost: mean share of FLOPs and parameters kept
-            cost = (flops / self.total_flops + params / self.total_params) / 2
-            reward = acc - self.cost_weight * cost
-        else:  # amc: R_FLOPs = -error * log(FLOPs), scaled to O(1)
-            reward = -(1.0 - acc) * math.log(max(flops, 1.0)) / math.log(self.total_flops)
+        score = self.evaluate(rates)
+        score = score if isinstance(score, Score) else Score(float(score))
+        reward = self.reward(score, flops, params)
         info |= {
             "rates": rates,
-            "accuracy": acc,
+            "accuracy": score.accuracy,
+            "loss": score.loss,
             "flops": flops,
             "params": params,
             "within_budget": within_budget(self.budget, flops, params),
         }
         return np.zeros(OBS_DIM, dtype=np.float32), float(reward), True, False, info
+
+    def reward(self, score: Score, flops: float, params: float) -> float:
+        """`acc_cost`: accuracy minus loss minus `cost_weight` times the cost, the mean share of
+        the budget's FLOPs and parameters the model uses (so the term spreads feasible choices
+        over 0..1 whatever the budget, where shares of the dense model would differ by the
+        budget's few percent); `amc`: R_FLOPs = -error * log(FLOPs), scaled to O(1)."""
+        if self.reward_kind == "amc":
+            return -(1.0 - score.accuracy) * math.log(max(flops, 1.0)) / math.log(self.total_flops)
+        cost = (flops / self.budget.max_flops + params / self.budget.max_params) / 2
+        return score.accuracy - score.loss - self.cost_weight * cost

@@ -1,7 +1,7 @@
 """A client's pruning step in method `fedrlprune`: train the policy on its own env, then prune.
 
 The client receives the universal policy (a Q-network as arrays), builds the pruning MDP over
-its current model, its validation split and its device budget, trains the policy for a few
+its current model, its reward sample and its device budget, trains the policy for a few
 episodes (unless it is held out), asks the policy greedily for one rate per layer, and prunes
 by magnitude at those rates. Nothing here knows Flower.
 """
@@ -23,7 +23,7 @@ from fedrlprune.pruning.cost import StructuredCost
 from fedrlprune.pruning.groups import ChannelGroup
 from fedrlprune.pruning.masks import MagnitudeRanking
 from fedrlprune.rl.agent import DQNAgent, DQNConfig, greedy_rates, train
-from fedrlprune.rl.env import OBS_DIM, ClientFeatures, LayerInfo, PruningEnv
+from fedrlprune.rl.env import OBS_DIM, ClientFeatures, LayerInfo, PruningEnv, Score
 from fedrlprune.state import Masks, State
 from fedrlprune.training import evaluate
 
@@ -32,6 +32,9 @@ from fedrlprune.training import evaluate
 # the schedule's share of the way (cubic, as for `magnitude`), so early steps cannot prune a
 # barely trained model to nothing before its accuracy can tell good choices from bad.
 ACTION_RATES = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+# Samples every candidate is scored on: the same ones all episodes, so two candidates differ by
+# what they prune and not by which samples they drew (benchmarks/reward_noise.py measures it).
+REWARD_SAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class RLSettings:
     learn: bool  # False for a held-out client: it uses the policy as it is
     seed: int
     rate_scale: float = 1.0  # the schedule's share of the way at this step (1 at the end)
+    targets: str = "bootstrap"  # the agent's targets (`rl_targets`)
 
 
 @dataclass(frozen=True)
@@ -55,15 +59,46 @@ class RLResult:
     val_accuracy: float  # the pruned model on the validation split, before local training
     within_budget: bool
     episodes: int
-    evaluations: int  # distinct pruned models evaluated on the validation split
+    updates: int  # gradient steps the agent took
+    evaluations: int  # distinct pruned models scored on the reward sample
     seconds: float
 
 
-def new_agent(seed: int, lr: float = 1e-3) -> DQNAgent:
+def new_agent(seed: int, lr: float = 1e-3, targets: str = "bootstrap") -> DQNAgent:
     """The Q-network every client and the server share the shape of. A client's replay buffer
-    lives for one round (clients keep no state), so learning starts after a few episodes."""
-    cfg = DQNConfig(lr=lr, batch_size=16, learning_starts=16)
+    lives for one round (clients keep no state), so learning starts after a few episodes, each
+    stored transition is replayed in 8 gradient steps (they cost far less than scoring one
+    candidate), and the target net follows the online one every 32, several times a round."""
+    cfg = DQNConfig(
+        lr=lr,
+        batch_size=16,
+        learning_starts=16,
+        gradient_steps=8,
+        target_every=32,
+        targets=targets,
+    )
     return DQNAgent(OBS_DIM, len(ACTION_RATES), cfg, seed=seed)
+
+
+def reward_sample(
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    size: int = REWARD_SAMPLES,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed sample of `size` to score candidates on: the validation split, cut to `size` or
+    filled up from the training split (a seeded draw) when it holds fewer. A few dozen held-out
+    samples move accuracy by a point each; the model has seen the training samples, but every
+    candidate is scored on the same ones, so they still rank candidates."""
+    rng = np.random.default_rng(seed)
+    if len(y_val) >= size:
+        idx = torch.from_numpy(np.sort(rng.choice(len(y_val), size, replace=False)))
+        return x_val[idx], y_val[idx]
+    fill = min(size - len(y_val), len(y_train))
+    idx = torch.from_numpy(np.sort(rng.choice(len(y_train), fill, replace=False)))
+    return torch.cat([x_val, x_train[idx]]), torch.cat([y_val, y_train[idx]])
 
 
 def rl_prune(
@@ -77,19 +112,19 @@ def rl_prune(
     total_flops: int,
     budget: Budget,
     client: ClientFeatures,
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
+    sample: tuple[torch.Tensor, torch.Tensor],
     policy: Mapping[str, np.ndarray],
     settings: RLSettings,
     groups: Sequence[ChannelGroup] | None = None,
     cost: StructuredCost | None = None,
 ) -> RLResult:
-    """Train the policy on this client's pruning MDP (if allowed), prune greedily, return all.
-    `cost`: structured mode's count of what the compact model costs (pruning/cost.py)."""
+    """Train the policy on this client's pruning MDP (if allowed), prune greedily, return all;
+    candidates are scored on `sample` (see `reward_sample`). `cost`: structured mode's count of
+    what the compact model costs (pruning/cost.py)."""
     start = time.perf_counter()
     names = [layer.name for layer in layers]
     ranking = MagnitudeRanking(state, names, mode, masks or None, groups)
-    accuracy = ValAccuracy(model, state, ranking, names, x_val, y_val)
+    score = SampleScore(model, state, ranking, names, *sample)
     floor = {
         name: float(1.0 - masks[f"{name}.weight"].mean()) if f"{name}.weight" in masks else 0.0
         for name in names
@@ -99,7 +134,7 @@ def rl_prune(
         total_params=total_params,
         total_flops=total_flops,
         budget=budget,
-        evaluate=accuracy,
+        evaluate=score,
         client=client,
         floor={k: min(v, max(ACTION_RATES)) for k, v in floor.items()},
         reward=settings.reward,
@@ -108,7 +143,7 @@ def rl_prune(
         counter=cost.at_rates if cost is not None and mode == "structured" else None,
     )
     env.reset(seed=settings.seed)
-    agent = new_agent(settings.seed, settings.lr)
+    agent = new_agent(settings.seed, settings.lr, settings.targets)
     agent.set_weights(policy)
     if settings.learn:
         train(env, agent, settings.episodes, settings.eps_start, settings.eps_end)
@@ -122,14 +157,16 @@ def rl_prune(
         val_accuracy=float(info["accuracy"]),
         within_budget=bool(info["within_budget"]),
         episodes=settings.episodes if settings.learn else 0,
-        evaluations=len(accuracy.seen),
+        updates=agent.learn_steps,
+        evaluations=len(score.seen),
         seconds=time.perf_counter() - start,
     )
 
 
-class ValAccuracy:
-    """Validation accuracy of the model pruned at given rates. Greedy episodes repeat the same
-    rates, so each rate vector is evaluated once; `seen` counts the distinct ones."""
+class SampleScore:
+    """The `Score` (accuracy, loss) of the model pruned at given rates on the reward sample,
+    in one batched pass. Greedy episodes repeat the same rates, so each rate vector is scored
+    once; `seen` counts the distinct ones."""
 
     def __init__(
         self,
@@ -137,27 +174,30 @@ class ValAccuracy:
         state: State,
         ranking: MagnitudeRanking,
         names: list[str],
-        x_val: torch.Tensor,
-        y_val: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
     ) -> None:
         self.model, self.ranking, self.names = model, ranking, names
-        self.x_val, self.y_val = x_val, y_val
+        self.x, self.y = x, y
         self.base = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
-        self.seen: dict[tuple[float, ...], float] = {}
+        self.seen: dict[tuple[float, ...], Score] = {}
 
-    def __call__(self, rates: dict[str, float]) -> float:
+    def __call__(self, rates: dict[str, float]) -> Score:
         key = tuple(rates[name] for name in self.names)
         if key not in self.seen:
             self.seen[key] = self._evaluate(rates)
         return self.seen[key]
 
-    def _evaluate(self, rates: dict[str, float]) -> float:
+    def _evaluate(self, rates: dict[str, float]) -> Score:
+        if not len(self.y):
+            return Score(0.0)
         pruned, base = self.ranking.masks(rates), self.base
         with torch.no_grad():
             self.model.load_state_dict(
                 {k: base[k] * torch.from_numpy(pruned[k]) if k in pruned else base[k] for k in base}
             )
-        return evaluate(self.model, self.x_val, self.y_val)[1] if len(self.y_val) else 0.0
+            loss, accuracy = evaluate(self.model, self.x, self.y)
+        return Score(accuracy, loss)
 
 
 @cache
