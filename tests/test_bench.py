@@ -154,7 +154,8 @@ def test_method_names_are_checked_and_listed() -> None:
     standard = get_suite("standard")
     assert [s.name for s in pick_setups(standard, ["digits-mlp"]).setups] == ["digits-mlp"]
     assert pick_setups(standard, None) is standard
-    with pytest.raises(ConfigError, match="its setups: fmnist-lenet5, digits-mlp, fmnist-cnn"):
+    known = "its setups: fmnist-lenet5, digits-mlp, synthetic-mlp, fmnist-cnn"
+    with pytest.raises(ConfigError, match=known):
         pick_setups(standard, ["fmnist"])
 
 

@@ -151,3 +151,12 @@ def test_auto_aggregation_is_each_methods_own_rule_and_an_explicit_rule_wins() -
 def test_single_weight_baselines_refuse_structured_pruning_and_say_what_to_set() -> None:
     with pytest.raises(ConfigError, match='prune_mode = "unstructured"'):
         Config.from_dict({"method": "feddst", "prune_mode": "structured"})
+
+
+def test_synthetic_and_the_natural_split_go_together_and_say_what_to_set() -> None:
+    cfg = Config.from_dict({"dataset": "synthetic", "partition": "natural"})
+    assert (cfg.synthetic_alpha, cfg.synthetic_beta) == (1.0, 1.0)
+    with pytest.raises(ConfigError, match='set partition = "natural"'):
+        Config.from_dict({"dataset": "synthetic"})  # the default partition is dirichlet
+    with pytest.raises(ConfigError, match="set partition to iid, dirichlet or pathological"):
+        Config.from_dict({"dataset": "digits", "partition": "natural"})

@@ -16,6 +16,7 @@ from fedrlprune.data import (
 from fedrlprune.errors import DataError
 
 LABELS = np.random.default_rng(0).integers(0, 10, size=2000)
+OWNERS = np.random.default_rng(1).integers(0, 5, size=2000)  # for `natural`; others ignore it
 
 
 def mean_entropy(parts: list[np.ndarray]) -> float:
@@ -42,8 +43,8 @@ def test_iid_even_disjoint_covering() -> None:
 
 @pytest.mark.parametrize("scheme", PARTITIONS)
 def test_same_seed_same_partition(scheme: str) -> None:
-    first = partition_indices(LABELS, 5, scheme, seed=3)
-    second = partition_indices(LABELS, 5, scheme, seed=3)
+    first = partition_indices(LABELS, 5, scheme, seed=3, owners=OWNERS)
+    second = partition_indices(LABELS, 5, scheme, seed=3, owners=OWNERS)
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -83,6 +84,22 @@ def test_pathological_rejects_bad_classes_per_client(classes_per_client: int) ->
 def test_more_clients_than_samples(scheme: str) -> None:
     with pytest.raises(DataError, match="5 samples cannot be split across 6 clients"):
         partition_indices(np.arange(5) % 2, 6, scheme)
+
+
+def test_natural_gives_each_client_exactly_its_own_samples() -> None:
+    parts = partition_indices(LABELS, 5, "natural", owners=OWNERS)
+    assert_disjoint_cover(parts, len(LABELS))
+    for k, part in enumerate(parts):
+        np.testing.assert_array_equal(part, np.flatnonzero(k == OWNERS))
+
+
+def test_natural_without_owners_or_with_a_client_left_out_is_refused() -> None:
+    with pytest.raises(DataError, match="which client holds each sample"):
+        partition_indices(LABELS, 5, "natural")
+    with pytest.raises(DataError, match="generate it for 4 clients"):
+        partition_indices(LABELS, 4, "natural", owners=OWNERS)
+    with pytest.raises(DataError, match="left 1 of 6 clients without samples"):
+        partition_indices(LABELS, 6, "natural", owners=OWNERS)
 
 
 def test_dirichlet_failure_becomes_data_error() -> None:

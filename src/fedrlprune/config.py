@@ -61,6 +61,21 @@ class Config:
     data_path: str = _key(
         "", "folder (or .npz file) holding the dataset; empty = search standard places"
     )
+    synthetic_alpha: float = _key(
+        1.0,
+        "`synthetic`: FedProx's alpha, meant to spread the clients' models (u_k ~ N(0, alpha), "
+        "W_k and b_k ~ N(u_k, 1)); as published, u_k shifts every class's logit alike, so it "
+        "changes no label (docs/data.md)",
+        lo=0.0,
+        hi=100.0,
+    )
+    synthetic_beta: float = _key(
+        1.0,
+        "`synthetic`: FedProx's beta, how much the clients' inputs differ (B_k ~ N(0, beta), "
+        "each client's input mean ~ N(B_k, 1))",
+        lo=0.0,
+        hi=100.0,
+    )
     model: str = _key(
         "lenet5", "model from the registry (the Python API also takes your own nn.Module)"
     )
@@ -81,7 +96,12 @@ class Config:
     )
     momentum: float = _key(0.9, "local SGD momentum (reset every round)", lo=0.0, hi=0.999)
     weight_decay: float = _key(0.0, "local SGD weight decay", lo=0.0, hi=1.0)
-    partition: str = _key("dirichlet", "how the data is split among clients", choices=PARTITIONS)
+    partition: str = _key(
+        "dirichlet",
+        "how the data is split among clients; `natural` (each client holds the samples "
+        "generated for it) is `synthetic`'s and only its",
+        choices=PARTITIONS,
+    )
     alpha: float = _key(
         0.5, "Dirichlet concentration (smaller = more label skew)", lo=0.0, hi=1e6, lo_open=True
     )
@@ -378,6 +398,17 @@ def _check(f: dataclasses.Field[Any], value: Any) -> Any:
 
 def _check_together(cfg: Config) -> Config:
     """Checks that involve more than one key (each key alone is already in range)."""
+    if cfg.dataset == "synthetic" and cfg.partition != "natural":
+        raise ConfigError(
+            f"dataset 'synthetic' comes split among clients by its generator (each client "
+            f"holds the samples drawn from its own model), so partition {cfg.partition!r} "
+            'cannot apply; set partition = "natural" (alpha and classes_per_client are unused).'
+        )
+    if cfg.partition == "natural" and cfg.dataset != "synthetic":
+        raise ConfigError(
+            f"partition 'natural' is the split dataset 'synthetic' is generated with; "
+            f"{cfg.dataset!r} has none, so set partition to iid, dirichlet or pathological."
+        )
     if cfg.min_clients > cfg.per_round():
         raise ConfigError(
             f"config key 'min_clients' = {cfg.min_clients} is more than the {cfg.per_round()} "

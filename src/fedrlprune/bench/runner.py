@@ -297,11 +297,11 @@ def write_outputs(
 
 def _data_missing(setup: Setup, extra: Sequence[str]) -> str | None:
     """The loader's own message (it lists where it looked) when the setup's data is absent."""
-    from fedrlprune.data.loaders import load_dataset
+    from fedrlprune.data.federated import named_dataset
 
     cfg = run_config(setup, "fedavg", 0, extra)
     try:
-        load_dataset(cfg.dataset, cfg.data_path or None)
+        named_dataset(cfg)
     except DataError as err:
         return str(err)
     return None

@@ -139,6 +139,31 @@ STANDARD = Suite(
             why="scikit-learn's digits (no files needed) as a second public dataset",
         ),
         Setup(
+            name="synthetic-mlp",
+            overrides={
+                "partition": "natural",
+                "device_mix": "mixed",
+                "dataset": "synthetic",
+                "synthetic_alpha": 1.0,
+                "synthetic_beta": 1.0,
+                "model": "mlp",
+                "clients": 30,
+                "rounds": 30,
+                "local_epochs": 1,
+                "lr": 0.05,
+                "rl_episodes": 4,
+            },
+            seeds=1,
+            why=(
+                "FedProx's Synthetic(1,1) (no files needed) with its own split over its 30 "
+                "clients (50 to 5,162 samples each at seed 0); every client in every round, "
+                "where dense FedAvg reached 0.90 by round 23 and 0.914 at round 30 in one "
+                "seed-0 run, while with 10 of 30 a round (FedProx's sampling) it swung between "
+                "0.10 and 0.63 for 60 rounds; 1 seed and 4 DQN episodes since all 30 clients "
+                "prune in each pruning round"
+            ),
+        ),
+        Setup(
             name="fmnist-cnn",
             overrides={
                 **_COMMON,

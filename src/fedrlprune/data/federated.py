@@ -20,6 +20,7 @@ from fedrlprune.data.partition import (
     split_client,
     subsample,
 )
+from fedrlprune.data.synthetic import synthetic_dataset
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class FederatedData:
 def federate(cfg: Config, dataset: ArrayDataset) -> FederatedData:
     """Subsample (data_fraction), partition among clients and split each into train/val/test."""
     train_keep = subsample(len(dataset.y_train), cfg.data_fraction, cfg.seed)
+    owners = None if dataset.owners is None else dataset.owners[train_keep]
     parts = partition_indices(
         dataset.y_train[train_keep],
         cfg.clients,
@@ -53,6 +55,7 @@ def federate(cfg: Config, dataset: ArrayDataset) -> FederatedData:
         alpha=cfg.alpha,
         classes_per_client=cfg.classes_per_client,
         seed=cfg.seed,
+        owners=owners,
     )
     splits = tuple(
         split_client(
@@ -69,11 +72,19 @@ def federate(cfg: Config, dataset: ArrayDataset) -> FederatedData:
 @lru_cache(maxsize=4)
 def federate_named(cfg: Config) -> FederatedData:
     """`federate` over a named dataset, cached per process: simulated clients share a worker."""
-    return federate(cfg, load_dataset(cfg.dataset, cfg.data_path or None))
+    return federate(cfg, named_dataset(cfg))
+
+
+def named_dataset(cfg: Config) -> ArrayDataset:
+    """The config's dataset: loaded from its files, or generated (`synthetic`) from its keys."""
+    if cfg.dataset == "synthetic":
+        return synthetic_dataset(cfg.clients, cfg.synthetic_alpha, cfg.synthetic_beta, cfg.seed)
+    return load_dataset(cfg.dataset, cfg.data_path or None)
 
 
 def global_test(cfg: Config, dataset: ArrayDataset | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The server's test set: the dataset's test split, with `data_fraction` applied."""
-    ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_path or None)
+    """The server's test set: the dataset's test split, with `data_fraction` applied (for
+    `synthetic`, every client's held-out share, FedProx's test set)."""
+    ds = dataset if dataset is not None else named_dataset(cfg)
     keep = subsample(len(ds.y_test), cfg.data_fraction, cfg.seed + 1)
     return ds.x_test[keep], ds.y_test[keep]

@@ -15,7 +15,8 @@ import numpy as np
 
 from fedrlprune.errors import DataError
 
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "digits", "npz")
+# `synthetic` is generated from the config, not loaded: see data/synthetic.py.
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "digits", "npz", "synthetic")
 
 # Folders that distribution packages install datasets into; a dict so tests can monkeypatch it.
 SYSTEM_LOCATIONS: dict[str, list[str]] = {
@@ -69,6 +70,8 @@ class ArrayDataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    # The client each train sample belongs to, for data that comes split (the natural split).
+    owners: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -84,6 +87,12 @@ def load_dataset(name: str, data_path: str | None = None) -> ArrayDataset:
     """
     if name not in DATASETS:
         raise DataError(f"Unknown dataset {name!r}. Use one of: {', '.join(DATASETS)}.")
+    if name == "synthetic":
+        raise DataError(
+            "Dataset 'synthetic' is generated, not loaded: its data depends on clients, "
+            "synthetic_alpha, synthetic_beta and seed, so get it with "
+            "fedrlprune.data.federated.named_dataset(cfg)."
+        )
     if name == "digits":
         return _load_cached(name, None)
     if name == "npz":

@@ -17,7 +17,8 @@ from flwr_datasets.partitioner.partitioner import Partitioner
 
 from fedrlprune.errors import DataError
 
-PARTITIONS = ("iid", "dirichlet", "pathological")
+# `natural`: each client keeps the samples the dataset says are its own (synthetic's split).
+PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,11 +38,13 @@ def partition_indices(
     alpha: float = 0.5,
     classes_per_client: int = 2,
     seed: int = 0,
+    owners: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Disjoint, sorted int64 index arrays, one per client; same inputs give the same result.
 
     Pathological partitioning drops the samples of classes that no client was assigned
-    (only possible with fewer clients than classes).
+    (only possible with fewer clients than classes). `natural` gives client k the samples whose
+    `owners` entry is k.
     """
     labels = _check_labels(labels)
     if scheme not in PARTITIONS:
@@ -55,6 +58,8 @@ def partition_indices(
             f"{len(labels)} samples cannot be split across {num_clients} clients; use at most "
             f"{len(labels)} clients or a larger data_fraction."
         )
+    if scheme == "natural":
+        return _non_empty(_natural(owners, len(labels), num_clients), scheme, num_clients)
     partitioner = _make_partitioner(labels, num_clients, scheme, alpha, classes_per_client, seed)
     # Shuffle first: IidPartitioner shards contiguously, so without this it would split by order.
     order = np.random.default_rng(seed).permutation(len(labels))
@@ -78,14 +83,36 @@ def partition_indices(
             f"clients ({exc}); use fewer clients, a larger alpha (dirichlet), fewer "
             "classes_per_client (pathological) or a larger data_fraction."
         ) from exc
+    return _non_empty(parts, scheme, num_clients)
+
+
+def _non_empty(parts: list[np.ndarray], scheme: str, num_clients: int) -> list[np.ndarray]:
+    """The parts, or an error when a client got no samples (it could not train)."""
     sizes = [len(part) for part in parts]
+    fix = "" if scheme == "natural" else "a larger alpha or "
     if min(sizes) == 0:
         raise DataError(
             f"The {scheme!r} partition left {sizes.count(0)} of {num_clients} clients without "
-            f"samples (sizes {sizes}); use fewer clients, a larger alpha or a larger "
-            "data_fraction."
+            f"samples (sizes {sizes}); use fewer clients, {fix}a larger data_fraction."
         )
     return parts
+
+
+def _natural(owners: np.ndarray | None, n: int, num_clients: int) -> list[np.ndarray]:
+    """Client k's samples are those the dataset says are k's own."""
+    if owners is None:
+        raise DataError(
+            "partition 'natural' needs a dataset that says which client holds each sample "
+            "(dataset 'synthetic' does); use another partition for this dataset."
+        )
+    owners = np.asarray(owners)
+    if owners.shape != (n,) or owners.min() < 0 or owners.max() >= num_clients:
+        raise DataError(
+            f"the dataset's owners ({owners.shape}, clients {owners.min()}..{owners.max()}) do "
+            f"not fit {n} samples over {num_clients} clients; generate it for {num_clients} "
+            "clients."
+        )
+    return [np.flatnonzero(owners == k).astype(np.int64) for k in range(num_clients)]
 
 
 def split_client(

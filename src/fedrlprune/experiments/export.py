@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from fedrlprune.config import Config
-from fedrlprune.data.loaders import ArrayDataset, load_dataset
+from fedrlprune.data.federated import named_dataset
+from fedrlprune.data.loaders import ArrayDataset
 from fedrlprune.errors import FedRLPruneError
 from fedrlprune.experiments.latency import deployable
 from fedrlprune.federation.checkpoint import CHECKPOINT
@@ -67,7 +68,7 @@ def export_results(
             "this run used your own model: export it from Python with "
             "export_results(path, model_fn=..., data=...)"
         )
-    dataset = data if data is not None else load_dataset(cfg.dataset, cfg.data_path or None)
+    dataset = data if data is not None else named_dataset(cfg)
     shape = dataset.input_shape
     factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
     state, global_masks, client_masks = load_checkpoint(results / CHECKPOINT)

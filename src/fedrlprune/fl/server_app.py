@@ -21,8 +21,8 @@ from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedrlprune.config import Config
-from fedrlprune.data.federated import federate, federate_named, global_test
-from fedrlprune.data.loaders import ArrayDataset, load_dataset
+from fedrlprune.data.federated import federate, federate_named, global_test, named_dataset
+from fedrlprune.data.loaders import ArrayDataset
 from fedrlprune.errors import FedRLPruneError, PayloadError
 from fedrlprune.experiments.progress import RunProgress
 from fedrlprune.experiments.results import RunRecorder, default_out_dir
@@ -125,7 +125,7 @@ def build_federation(
 ) -> Federation:
     """The federation's server for this config: the dataset's global test set, the initial
     model from the seed, and (when resuming) the checkpoint's state."""
-    dataset = data if data is not None else load_dataset(cfg.dataset, cfg.data_path or None)
+    dataset = data if data is not None else named_dataset(cfg)
     test = as_tensors(*global_test(cfg, dataset))
     torch.manual_seed(cfg.seed)
     factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
