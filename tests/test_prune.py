@@ -1,5 +1,7 @@
 """A client's pruning step with the policy: inside the budget, monotone, held-out clients frozen."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -91,8 +93,8 @@ def test_each_distinct_pruned_model_is_evaluated_once(monkeypatch: pytest.Monkey
     import fedrlprune.rl.prune as prune
 
     calls = []
-    real = prune.evaluate
-    monkeypatch.setattr(prune, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = prune.capped_score
+    monkeypatch.setattr(prune, "capped_score", lambda *a: calls.append(1) or real(*a))
     # no exploration, and no learning before 16 transitions (4 episodes of 4 layers): the
     # first four episodes pick the same rates, so of the 7 episodes (6 trained, 1 greedy) at
     # most 4 can differ; without the memo there would be 7 evaluations
@@ -110,3 +112,17 @@ def test_the_reward_sample_is_fixed_and_filled_from_training() -> None:
     big_val = torch.arange(300).float().unsqueeze(1)
     x, y = reward_sample(big_val, torch.zeros(300, dtype=torch.int64), x_train, y_train, size=64)
     assert len(y) == 64 and set(x.squeeze(1).tolist()) <= set(range(300))  # held-out only
+
+
+def test_a_loss_worse_than_guessing_counts_as_guessing() -> None:
+    # a confidently wrong sample would otherwise make a model pruned to a constant output
+    # look better than one that is right on most samples
+    from fedrlprune.rl.prune import capped_score
+
+    y = torch.tensor([0, 1, 2, 3])
+    sure = torch.full((4, 4), -50.0)
+    sure[torch.arange(4), torch.tensor([0, 1, 2, 0])] = 50.0  # right on three, badly wrong on one
+    constant = torch.zeros(4, 4)
+    acc, loss = capped_score(sure, y)
+    assert acc == 0.75 and abs(loss - math.log(4) / 4) < 1e-6
+    assert capped_score(constant, y) == (0.25, pytest.approx(math.log(4)))

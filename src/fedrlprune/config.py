@@ -34,6 +34,15 @@ OWN_RULES = ", ".join(
     + ["vote otherwise"]
 )
 # Keys that were renamed: an old config gets told what to write instead.
+# What `prune_mode = "auto"` runs for each method.
+AUTO_MODES = (
+    "structured for "
+    + ", ".join(n for n, m in METHODS.items() if m.default_mode == "structured")
+    + ", unstructured for the rest; "
+    + ", ".join(n for n, m in METHODS.items() if m.always_structured)
+    + " are structured whatever this says"
+)
+
 RENAMED = {
     "rl_federated": 'rl_policy = "federated" (was true) or "local" (was false)',
 }
@@ -119,7 +128,9 @@ class Config:
         hi=0.99,
     )
     prune_mode: str = _key(
-        "unstructured", "prune single weights or whole channels/neurons", choices=MODES
+        "auto",
+        f"prune single weights or whole channels/neurons; `auto` = the method's own ({AUTO_MODES})",
+        choices=("auto", *MODES),
     )
     prune_start: float = _key(
         0.1, "share of the rounds trained dense before pruning starts", lo=0, hi=1
@@ -273,7 +284,7 @@ class Config:
             )
         checked = {name: _check(known[name], value) for name, value in values.items()}
         cfg = dataclasses.replace(base or cls(), **checked)
-        if cfg.prune_mode not in METHODS[cfg.method].modes:
+        if cfg.mode not in METHODS[cfg.method].modes:
             raise ConfigError(
                 f"method {cfg.method!r} prunes single weights, as its paper does; set "
                 'prune_mode = "unstructured" (or use method fedmp for structured sub-models)'
@@ -313,7 +324,12 @@ class Config:
     def structured(self) -> bool:
         """Whether masks remove whole channels: `prune_mode`, or always for FedMP's
         sub-models."""
-        return self.prune_mode == "structured" or METHODS[self.method].always_structured
+        return self.mode == "structured" or METHODS[self.method].always_structured
+
+    @property
+    def mode(self) -> str:
+        """`prune_mode` with `auto` resolved to the method's own mode."""
+        return METHODS[self.method].default_mode if self.prune_mode == "auto" else self.prune_mode
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -105,6 +105,7 @@ class Method:
     summary: ClassVar[str] = ""  # one line for `fedrlprune keys` and the docs
     aggregation: ClassVar[str] = "vote"  # the merge rule of `aggregation = "auto"`
     modes: ClassVar[tuple[str, ...]] = ("unstructured", "structured")  # allowed `prune_mode`s
+    default_mode: ClassVar[str] = "unstructured"  # what `prune_mode = "auto"` runs
     always_structured: ClassVar[bool] = False  # masks remove channels whatever `prune_mode` says
     resumable: ClassVar[bool] = True  # its server state is all in the checkpoint
     keeps_own_masks: ClassVar[bool] = True  # False: every client follows the server's mask

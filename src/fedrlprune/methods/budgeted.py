@@ -23,6 +23,8 @@ from fedrlprune.state import Masks, State
 class BudgetedPruning(Method):
     """Progressive per-client budgets, regrowth, the core and the deployment rule."""
 
+    default_mode = "structured"  # whole channels: a compact model the device really runs faster
+
     def masks_for(self, cid: int, rnd: int, state: State, global_masks: Masks) -> Masks:
         """With `regrow`, a pruning round starts from the global mask: the client re-prunes from
         every weight the federation kept, so a weight pruned too early can come back."""

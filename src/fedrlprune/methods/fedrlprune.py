@@ -127,7 +127,7 @@ class FedRLPrune(BudgetedPruning):
             state,
             masks,
             data.cache["layers"],
-            mode=cfg.prune_mode,
+            mode=cfg.mode,
             total_params=sum(p.numel() for p in data.model.parameters()),
             total_flops=data.cache["total_flops"],
             budget=Budget(rl.budget_flops, rl.budget_params),

@@ -64,5 +64,5 @@ class Magnitude(Method):
         if orders.prune_rate <= 0.0:
             return Pruned(state, masks)
         rates = dict.fromkeys(data.targets, orders.prune_rate)
-        masks = magnitude_masks(state, rates, cfg.prune_mode, masks, data.groups(cfg.structured))
+        masks = magnitude_masks(state, rates, cfg.mode, masks, data.groups(cfg.structured))
         return Pruned(apply_masks(state, masks), masks)

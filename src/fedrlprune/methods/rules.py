@@ -125,11 +125,11 @@ class FixedRule(BudgetedPruning):
         """Prune to this step's budget at the rule's per-layer rates, by magnitude."""
         if orders.budget_params <= 0.0:
             return Pruned(state, masks)
-        account = client_account(data, state, masks, cfg.prune_mode, orders)
-        counts = cls.counts(state, masks, account, cfg.prune_mode)
+        account = client_account(data, state, masks, cfg.mode, orders)
+        counts = cls.counts(state, masks, account, cfg.mode)
         names = [u.name for u in account.layers]
         groups = data.groups(cfg.structured)
-        ranking = MagnitudeRanking(state, names, cfg.prune_mode, masks or None, groups)
+        ranking = MagnitudeRanking(state, names, cfg.mode, masks or None, groups)
         new = ranking.masks({u.name: exact_rate(counts[u.name], u.size) for u in account.layers})
         metrics = {f"rate/{u.name}": counts[u.name] / u.size for u in account.layers}
         return Pruned(apply_masks(state, new), new, metrics)

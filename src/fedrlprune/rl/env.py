@@ -97,7 +97,8 @@ class PruningEnv(gym.Env[np.ndarray, int]):
     is progressive and monotone, so a rate below it would change nothing and is raised to it.
     `counter` gives the (params, FLOPs) of per-layer rates where counting each layer's own
     weights is not the cost (structured pruning: a removed channel also removes the next
-    layer's inputs).
+    layer's inputs). With `fill_budget` the episode's rates are eased off at its end until the
+    model uses its whole budget (`filled`).
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class PruningEnv(gym.Env[np.ndarray, int]):
         cost_weight: float = 0.5,
         rates: Sequence[float] = RATES,
         counter: Callable[[dict[str, float]], tuple[int, int]] | None = None,
+        fill_budget: bool = False,
     ) -> None:
         if not layers:
             raise ConfigError("the pruning env needs at least one layer to prune; got none")
@@ -147,6 +149,7 @@ class PruningEnv(gym.Env[np.ndarray, int]):
         self.cost_weight = cost_weight
         self.rates = tuple(float(r) for r in rates)
         self.counter = counter
+        self.fill_budget = fill_budget
         self.action_space = gym.spaces.Discrete(len(self.rates))
         self.observation_space = gym.spaces.Box(0.0, 1.0, (OBS_DIM,), np.float32)
 
@@ -249,8 +252,9 @@ class PruningEnv(gym.Env[np.ndarray, int]):
         if len(self._chosen) < len(self.layers):
             return self._observation(), 0.0, False, False, info
 
-        rates = {layer.name: r for layer, r in zip(self.layers, self._chosen, strict=True)}
-        params, flops = self.cost(self._chosen)
+        final = self.filled(self._chosen) if self.fill_budget else self._chosen
+        rates = {layer.name: r for layer, r in zip(self.layers, final, strict=True)}
+        params, flops = self.cost(final)
         score = self.evaluate(rates)
         score = score if isinstance(score, Score) else Score(float(score))
         reward = self.reward(score, flops, params)
@@ -263,6 +267,28 @@ class PruningEnv(gym.Env[np.ndarray, int]):
             "within_budget": within_budget(self.budget, flops, params),
         }
         return np.zeros(OBS_DIM, dtype=np.float32), float(reward), True, False, info
+
+    def filled(self, chosen: Sequence[float]) -> list[float]:
+        """The chosen rates eased off until the model uses its whole budget: each layer's kept
+        share k becomes k**s for the smallest s in [0, 1] that still fits (never below a
+        layer's floor). The policy says where to prune, the budget how much; a choice that
+        prunes more than the budget asks would only cost accuracy the device does not need to
+        give up. The cost falls as s falls, so a bisection finds s."""
+
+        def at(s: float) -> list[float]:
+            return [max(f, 1 - (1 - r) ** s) for r, f in zip(chosen, self.floor, strict=True)]
+
+        def fits(rates: list[float]) -> bool:
+            params, flops = self.cost(rates)
+            return within_budget(self.budget, flops, params)
+
+        if not fits(list(chosen)):
+            return list(chosen)  # the budget is out of reach: keep what the wall gave
+        low, high = 0.0, 1.0
+        for _ in range(30):
+            middle = (low + high) / 2
+            low, high = (low, middle) if fits(at(middle)) else (middle, high)
+        return at(high)
 
     def reward(self, score: Score, flops: float, params: float) -> float:
         """`acc_cost`: accuracy minus loss minus `cost_weight` times the cost, the mean share of

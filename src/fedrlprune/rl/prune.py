@@ -25,7 +25,6 @@ from fedrlprune.pruning.masks import MagnitudeRanking
 from fedrlprune.rl.agent import DQNAgent, DQNConfig, greedy_rates, train
 from fedrlprune.rl.env import OBS_DIM, ClientFeatures, LayerInfo, PruningEnv, Score
 from fedrlprune.state import Masks, State
-from fedrlprune.training import evaluate
 
 # The actions: pruning rates, dense where sparsity is high (every step from 0.95 to 0.99 is a
 # 5x cut in what is left) and coarse where it is low. At pruning step s of S they are scaled by
@@ -141,6 +140,7 @@ def rl_prune(
         cost_weight=settings.cost_weight,
         rates=[settings.rate_scale * r for r in ACTION_RATES],
         counter=cost.at_rates if cost is not None and mode == "structured" else None,
+        fill_budget=True,
     )
     env.reset(seed=settings.seed)
     agent = new_agent(settings.seed, settings.lr, settings.targets)
@@ -196,8 +196,22 @@ class SampleScore:
             self.model.load_state_dict(
                 {k: base[k] * torch.from_numpy(pruned[k]) if k in pruned else base[k] for k in base}
             )
-            loss, accuracy = evaluate(self.model, self.x, self.y)
-        return Score(accuracy, loss)
+            was_training = self.model.training
+            self.model.eval()
+            logits = self.model(self.x)
+            self.model.train(was_training)
+        return Score(*capped_score(logits, self.y))
+
+
+def capped_score(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) with each sample's loss capped at that of the uniform
+    guess, log(classes): beyond it a loss says no more than that guess, and uncapped a model
+    pruned down to a constant output would score better than a partly pruned one that is
+    confidently wrong on a few samples, and the agent would learn to prune everything."""
+    cap = math.log(logits.shape[1])
+    losses = torch.nn.functional.cross_entropy(logits, y, reduction="none").clamp(max=cap)
+    accuracy = (logits.argmax(1) == y).float().mean()
+    return float(accuracy), float(losses.mean())
 
 
 @cache
