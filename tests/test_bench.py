@@ -82,7 +82,7 @@ def test_aggregate_means_spread_and_failures() -> None:
     assert a.means["deployed_accuracy_mean"] == pytest.approx(0.85)
     assert a.means["deployed_flops"] == pytest.approx(200)
     assert a.means["upload_mb"] == pytest.approx(3.0)  # csv text counts as a number
-    assert a.means["sim_joules"] is None  # measured by no run
+    assert a.means["deployed_latency_speedup"] is None  # measured by no run
     assert a.sds["deployed_accuracy_mean"] == pytest.approx(0.0707107, rel=1e-5)  # n - 1
     assert a.errors == ("Boom: x",)
     assert (b.finished, b.status, b.flops_kind, b.errors) == (0, "unknown", None, ("not here",))

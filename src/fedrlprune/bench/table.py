@@ -18,28 +18,6 @@ REFERENCE = "fedavg"  # dense: its compact, theoretical and effective FLOPs are 
 TIERS = tuple(DEVICE_TIERS)  # mcu, sbc, phone, laptop
 TIER_FIELDS = tuple(f"accuracy_{tier}" for tier in TIERS)
 
-# Figures averaged over a method's finished seeds.
-MEAN_FIELDS = (
-    "final_accuracy",
-    "client_accuracy_mean",
-    "client_accuracy_worst10",
-    "deployed_accuracy_mean",
-    *TIER_FIELDS,
-    "nonzero_params",
-    "effective_flops",
-    "deployed_params",
-    "deployed_flops",
-    "deployed_memory_bytes_mean",
-    "deployed_latency_speedup",
-    "upload_mb",
-    "download_mb",
-    "wall_seconds",
-    "sim_seconds",
-    "sim_joules",
-    "budget_satisfaction",
-)
-SD_FIELDS = ("deployed_accuracy_mean", "final_accuracy")  # shown as mean ± sd
-
 
 @dataclass(frozen=True)
 class View:
@@ -116,6 +94,13 @@ KINDS: dict[str, Kind] = {
         },
     ),
 }
+
+
+# Figures averaged over a method's finished seeds: those the tables show (the fronts' too).
+MEAN_FIELDS = tuple(dict.fromkeys(f for kind in KINDS.values() for _, f, _ in kind.columns))
+SD_FIELDS = tuple(  # shown as mean ± sd
+    dict.fromkeys(f for kind in KINDS.values() for _, f, fmt in kind.columns if fmt == "±")
+)
 
 
 @dataclass(frozen=True)
