@@ -1,6 +1,7 @@
 """`fedrlprune bench`: table and front rules, names and suites, the quick suite end to end."""
 
 import csv
+import json
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -25,24 +26,39 @@ from fedrlprune.bench.table import (
     dominators,
     front_line,
     gaps_over_seeds,
+    kinds_present,
     markdown_table,
+    of_kind,
 )
 from fedrlprune.cli import main
 from fedrlprune.errors import ConfigError
+from fedrlprune.methods import METHODS as REGISTRY
 
 
-def _row(method: str, seed: int, acc: float, flops: float, **more: object) -> dict:
+def _row(method: str, seed: int, acc: float, cost: float, **more: object) -> dict:
+    """A finished unstructured run: deployed accuracy `acc` at `cost` FLOPs and params."""
     return {
         "setup": "s",
         "method": method,
         "seed": seed,
         "status": "ok",
+        "flops_kind": "theoretical",
         "final_accuracy": acc,
-        "effective_flops": flops,
-        "client_accuracy_mean": acc,
-        "deployed_effective_flops": flops,
+        "effective_flops": cost,
+        "deployed_accuracy_mean": acc,
+        "deployed_flops": cost,
+        "deployed_params": cost,
         **more,
     }
+
+
+def _compact(method: str, acc: float, cost: float, speedup: float) -> dict:
+    return _row(method, 0, acc, cost, flops_kind="compact", deployed_latency_speedup=speedup)
+
+
+def _failed(method: str, error: str, kind: str | None) -> dict:
+    return {"setup": "s", "method": method, "seed": 0, "status": "failed", "error": error,
+            "flops_kind": kind}  # fmt: skip
 
 
 # ------------------------------------------------------------------------- table and front
@@ -52,23 +68,36 @@ def test_aggregate_means_spread_and_failures() -> None:
     rows = [
         _row("a", 0, 0.80, 100, upload_mb="2.0"),
         _row("a", 1, 0.90, 300, upload_mb="4.0"),
-        {"setup": "s", "method": "a", "seed": 2, "status": "failed", "error": "Boom: x"},
-        {"setup": "s", "method": "b", "seed": 0, "status": "unknown", "error": "not here"},
+        _failed("a", "Boom: x", "theoretical"),
+        {**_failed("b", "not here", None), "status": "unknown"},
     ]
     a, b = aggregate(rows)
-    assert (a.method, a.runs, a.finished, a.status) == ("a", 3, 2, "ok")
-    assert a.means["final_accuracy"] == pytest.approx(0.85)
-    assert a.means["effective_flops"] == pytest.approx(200)
+    assert (a.method, a.flops_kind, a.runs, a.finished, a.status) == (
+        "a",
+        "theoretical",
+        3,
+        2,
+        "ok",
+    )
+    assert a.means["deployed_accuracy_mean"] == pytest.approx(0.85)
+    assert a.means["deployed_flops"] == pytest.approx(200)
     assert a.means["upload_mb"] == pytest.approx(3.0)  # csv text counts as a number
-    assert a.means["sim_joules"] is None  # measured by no run
-    assert a.accuracy_sd == pytest.approx(0.0707107, rel=1e-5)  # sample sd, n - 1
+    assert a.means["deployed_latency_speedup"] is None  # measured by no run
+    assert a.sds["deployed_accuracy_mean"] == pytest.approx(0.0707107, rel=1e-5)  # n - 1
     assert a.errors == ("Boom: x",)
-    assert (b.finished, b.status, b.errors) == (0, "unknown", ("not here",))
+    assert (b.finished, b.status, b.flops_kind, b.errors) == (0, "unknown", None, ("not here",))
 
 
 def test_one_seed_has_no_spread() -> None:
     (only,) = aggregate([_row("a", 0, 0.8, 1)])
-    assert only.accuracy_sd is None
+    assert only.sds["deployed_accuracy_mean"] is None
+
+
+def test_compact_and_theoretical_figures_are_never_averaged_together() -> None:
+    rows = [_row("a", 0, 0.8, 100), _row("a", 1, 0.6, 10, flops_kind="compact")]
+    theoretical, compact = aggregate(rows)
+    assert (theoretical.flops_kind, theoretical.means["deployed_flops"]) == ("theoretical", 100)
+    assert (compact.flops_kind, compact.means["deployed_flops"]) == ("compact", 10)
 
 
 def test_dominators_need_strictly_better_on_both_axes() -> None:
@@ -87,26 +116,65 @@ def test_dominators_need_strictly_better_on_both_axes() -> None:
     assert dominators(points, "absent") is None
 
 
-def test_front_line_per_view() -> None:
+def test_a_compact_and_a_theoretical_figure_never_land_in_one_front() -> None:
     rows = [
-        _row("fedrlprune", 0, 0.80, 100, client_accuracy_mean=0.5, deployed_effective_flops=90),
-        _row("magnitude", 0, 0.75, 120, client_accuracy_mean=0.6, deployed_effective_flops=80),
+        _row("fedavg", 0, 0.90, 1000, deployed_latency_speedup=1.0),  # dense: in both
+        _compact("fedrlprune", 0.80, 200, speedup=3.0),
+        _compact("heterofl", 0.70, 300, speedup=2.0),
+        _row("fedrlprune-unstructured", 0, 0.85, 400),
+        # more accurate than fedrlprune at fewer (theoretical) FLOPs and params and a higher
+        # speed-up: it would dominate fedrlprune on every front of a mixed table
+        _row("magnitude", 0, 0.88, 50, deployed_latency_speedup=5.0),
     ]
-    line = front_line(aggregate(rows), "s")
-    assert "global model: **on the front**" in line
-    assert "deployed models: not on the front (dominated by magnitude)" in line
-    assert "not measured" in front_line(aggregate(rows[1:]), "s")
+    table = aggregate(rows)
+    compact = front_line(table, "s", "compact")
+    assert "measured latency: **on the front**" in compact
+    assert "compact params: **on the front**" in compact and "magnitude" not in compact
+    theoretical = front_line(table, "s", "theoretical")
+    assert "`fedrlprune-unstructured`" in theoretical
+    assert "dominated by magnitude" in theoretical and "heterofl" not in theoretical
+    methods = [r.method for r in of_kind(table, "s", "compact")]
+    assert methods == ["fedavg", "fedrlprune", "heterofl"]
 
 
-def test_markdown_table_has_one_row_per_method_and_says_why_one_is_missing() -> None:
+def test_a_higher_speedup_and_fewer_params_dominate() -> None:
     rows = [
-        _row("a", 0, 0.8, 100),
-        {"setup": "s", "method": "b", "seed": 0, "status": "unknown", "error": "x | y"},
+        _row("fedavg", 0, 0.70, 1000, deployed_latency_speedup=1.0),
+        _compact("fedrlprune", 0.80, 200, speedup=2.0),
+        _compact("uniform", 0.85, 300, speedup=2.5),  # faster, not smaller
     ]
-    lines = markdown_table(aggregate(rows), "s")
-    assert len(lines) == 4 and lines[2].startswith("| `a` | 1/1 | 0.8000 |")
-    assert "unknown: x / y" in lines[3]  # a pipe would break the table
-    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    line = front_line(aggregate(rows), "s", "compact")
+    assert "measured latency: not on the front (dominated by uniform)" in line
+    assert "compact params: **on the front**" in line
+    assert "not measured" in front_line(aggregate(rows[:1]), "s", "compact")
+
+
+def test_the_reference_alone_gets_one_table_and_joins_the_others() -> None:
+    reference = _row("fedavg", 0, 0.9, 10)
+    both = aggregate([reference, _compact("lamp", 0.8, 5, 2.0), _row("magnitude", 0, 0.7, 5)])
+    assert kinds_present(both, "s") == ["compact", "theoretical"]
+    assert kinds_present(aggregate([reference, _compact("lamp", 0.8, 5, 2.0)]), "s") == ["compact"]
+    assert kinds_present(aggregate([reference]), "s") == ["theoretical"]
+
+
+def test_markdown_tables_label_their_flops_and_say_why_a_method_is_missing() -> None:
+    rows = [
+        _row("fedavg", 0, 0.9, 1000, accuracy_mcu=0.25, accuracy_laptop=0.75),
+        _compact("fedrlprune", 0.8, 100, 2.0),
+        _failed("lamp", "x | y", "compact"),
+        _row("magnitude", 0, 0.7, 50),
+    ]
+    table = aggregate(rows)
+    compact = markdown_table(table, "s", "compact")
+    theoretical = markdown_table(table, "s", "theoretical")
+    assert "compact FLOPs" in compact[0] and "theoretical" not in compact[0]
+    assert "theoretical FLOPs (deployed)" in theoretical[0] and "compact" not in theoretical[0]
+    assert "latency speed-up (measured)" in compact[0]
+    assert [line.split("`")[1] for line in compact[2:]] == ["fedavg", "fedrlprune", "lamp"]
+    assert [line.split("`")[1] for line in theoretical[2:]] == ["fedavg", "magnitude"]
+    assert "| 0.9000 | 0.2500 | n/a | n/a | 0.7500 |" in compact[2]  # per tier
+    assert "failed: x / y" in compact[4]  # a pipe would break the table
+    assert all(line.count("|") == compact[0].count("|") for line in compact)
 
 
 def test_gaps_over_seeds_are_paired_within_each_seed() -> None:
@@ -130,10 +198,40 @@ def test_gaps_over_seeds_are_paired_within_each_seed() -> None:
         gaps_over_seeds([seeds[0], {"fedavg": 0.88}], "fedavg")  # type: ignore[list-item]
 
 
-def test_summary_row_and_mean_by_round() -> None:
-    row = summary_row({"upload_bytes_total": 2_500_000, "deployed_effective_flops_mean": 7.0})
-    assert row["upload_mb"] == 2.5 and row["deployed_effective_flops"] == 7.0
+def _client(tier: str, acc: float, **cost: float) -> dict:
+    return {"tier": tier, "accuracy_global_test": acc, "nonzero_params": 99, **cost}
+
+
+def test_summary_row_takes_its_kinds_figures_and_per_tier_accuracy() -> None:
+    clients = [
+        _client("mcu", 0.5, compact_params=10, compact_flops=20),
+        _client("mcu", 0.7, compact_params=30, compact_flops=40),
+        _client("laptop", float("nan"), compact_params=50, compact_flops=60),
+    ]
+    summary = {
+        "flops_kind": "compact",
+        "per_client": clients,
+        "upload_bytes_total": 2_500_000,
+        "deployed_latency_speedup": 2.5,
+        "deployed_memory_bytes_mean": 7.0,
+    }
+    row = summary_row(summary)
+    assert row["flops_kind"] == "compact" and row["upload_mb"] == 2.5
+    assert (row["deployed_params"], row["deployed_flops"]) == (30, 40)  # compact, not non-zero
+    assert row["accuracy_mcu"] == pytest.approx(0.6)
+    assert row["accuracy_laptop"] is None and row["accuracy_phone"] is None  # NaN; no client
+    assert (row["deployed_latency_speedup"], row["deployed_memory_bytes_mean"]) == (2.5, 7.0)
+    sparse = [_client("sbc", 0.4, theoretical_flops=9, sparse_bytes=44)]
+    row = summary_row({"flops_kind": "theoretical", "per_client": sparse})
+    assert (row["deployed_params"], row["deployed_flops"], row["accuracy_sbc"]) == (99, 9, 0.4)
     assert row["download_mb"] is None
+    for tier in ("mcu", "sbc", "phone", "laptop"):
+        assert f"accuracy_{tier}" in RESULT_COLUMNS
+    for column in ("flops_kind", "deployed_latency_speedup", "deployed_memory_bytes_mean"):
+        assert column in RESULT_COLUMNS
+
+
+def test_mean_by_round() -> None:
     runs = [
         [{"round": "1", "x": "1"}, {"round": "2", "x": ""}],
         [{"round": "1", "x": "3"}, {"round": "2", "x": "5"}],
@@ -249,7 +347,7 @@ def test_quick_suite_writes_every_file(quick_bench: tuple[Path, list[dict]]) -> 
     setup = QUICK.setups[0].name
     for name in ("results.csv", "table.md", "section.md"):
         assert (out / name).is_file(), name
-    for plot in ("accuracy-flops", "accuracy-rounds", "upload-rounds"):
+    for plot in ("fronts", "accuracy-rounds", "upload-rounds"):
         assert (out / f"{setup}-{plot}.png").stat().st_size > 0, plot
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -267,10 +365,43 @@ def test_quick_suite_runs_every_method_this_version_has(
         if expected == "ok":
             assert (Path(row["out_dir"]) / "summary.json").is_file()
     table = (out / "table.md").read_text()
-    body = [line for line in table.splitlines() if line.startswith("| `")]
-    assert [line.split("`")[1] for line in body] == list(METHODS)
-    assert "Front check (digits-mlp): `fedrlprune`" in table
+    budgeted, unstructured = table.split("**Unstructured")
+    assert [_methods(budgeted), _methods(unstructured)] == [
+        [m for m in METHODS if m == "fedavg" or m in STRUCTURED_RUNS],
+        [m for m in METHODS if m == "fedavg" or m in UNSTRUCTURED_RUNS],
+    ]
+    assert "Front check (digits-mlp, compact FLOPs): `fedrlprune`" in budgeted
+    assert "Front check (digits-mlp, theoretical FLOPs): `fedrlprune-unstructured`" in table
     assert "command: `fedrlprune bench --suite quick`" in table
+
+
+# Where the issue puts each method: the budgeted methods and the method's ablations structured,
+# the unstructured baselines beside the method run unstructured; fedavg is in both.
+STRUCTURED_RUNS = {"heterofl", "fedrolex", "uniform", "lamp", "fedmp", "fedrlprune"}
+STRUCTURED_RUNS |= {"rl-local", "rl-central", "fedrlprune-naive"}
+UNSTRUCTURED_RUNS = {"magnitude", "prunefl", "feddst", "lotteryfl", "fedrlprune-unstructured"}
+
+
+def _methods(markdown: str) -> list[str]:
+    return [line.split("`")[1] for line in markdown.splitlines() if line.startswith("| `")]
+
+
+def test_quick_suite_puts_each_run_in_the_table_of_its_summarys_flops_kind(
+    quick_bench: tuple[Path, list[dict]],
+) -> None:
+    _, rows = quick_bench
+    assert set(METHODS) == STRUCTURED_RUNS | UNSTRUCTURED_RUNS | {"fedavg"}, "a new method?"
+    assert set(REGISTRY) <= {r["method"] for r in rows}  # every registered method runs
+    for row in rows:
+        summary = json.loads((Path(row["out_dir"]) / "summary.json").read_text())
+        expected = "compact" if row["method"] in STRUCTURED_RUNS else "theoretical"
+        if row["method"] != "fedavg":
+            assert summary["flops_kind"] == row["flops_kind"] == expected, row["method"]
+        if expected == "compact":  # measured, and the compact model's figures
+            assert row["deployed_latency_speedup"] is not None, row["method"]
+            clients = summary["per_client"]
+            params = sum(c["compact_params"] for c in clients) / len(clients)
+            assert row["deployed_params"] == pytest.approx(params), row["method"]
 
 
 def test_quick_suite_resumes_finished_runs(

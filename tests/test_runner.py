@@ -164,6 +164,11 @@ def test_magnitude_run_prunes_within_budgets_and_exports(
     assert "exported" in capsys.readouterr().out
     table = (out / "export" / "export.md").read_text()
     assert "compact (channels removed)" in table and "latency_speedup" in table
+    assert "effective_flops (compact)" in table and "memory_bytes" in table
+    tiers = {c["tier"]: c["memory_bytes"] for c in reversed(s["per_client"])}  # first client
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
+    for tier, memory in tiers.items():  # the compact model's memory, as the summary counts it
+        assert f"| {memory:,} |" in rows[f"tier-{tier}"], tier
     assert (out / "export" / "dense.onnx").stat().st_size > 0
     for name in ["global", *{f"tier-{c['tier']}" for c in s["per_client"]}]:
         assert (out / "export" / f"{name}.onnx").stat().st_size > 0

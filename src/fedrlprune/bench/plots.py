@@ -1,7 +1,8 @@
 """The bench's plots, one set per setup: where each method lands and how it got there.
 
-`accuracy-flops`: every finished run as a point, accuracy against effective FLOPs, for the
-global model and for the clients' deployed models (the two views of the front check);
+`fronts`: every finished run as a point, deployed accuracy against each front check's cost,
+one panel per front, each holding the runs of one `flops_kind` only (compact params and
+measured latency speed-up for the budgeted runs, theoretical FLOPs for the unstructured ones);
 `accuracy-rounds` and `upload-rounds`: each method's per-round figures from its runs'
 metrics.csv, averaged over seeds.
 """
@@ -19,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt
 
-from fedrlprune.bench.table import FRONT_VIEWS, as_number
+from fedrlprune.bench.table import KINDS, REFERENCE, View, aggregate, as_number, kinds_present
 
 MARKERS = "osD^vP*Xh<>p"
 
@@ -31,7 +32,12 @@ def plot_setup(out: Path, setup: str, runs: Sequence[Mapping[str, Any]]) -> list
         return []
     methods = list(dict.fromkeys(str(r["method"]) for r in done))
     style = {m: (f"C{i % 10}", MARKERS[i % len(MARKERS)]) for i, m in enumerate(methods)}
-    paths = [_accuracy_flops(out / f"{setup}-accuracy-flops.png", setup, done, style)]
+    panels = [
+        (kind, view)
+        for kind in kinds_present(aggregate(done), setup)
+        for view in KINDS[kind].views.values()
+    ]
+    paths = [_fronts(out / f"{setup}-fronts.png", setup, done, style, panels)]
     per_round = {m: [_rounds(Path(str(r["out_dir"]))) for r in done if r["method"] == m]
                  for m in methods}  # fmt: skip
     for key, label, scale, name in (
@@ -44,32 +50,37 @@ def plot_setup(out: Path, setup: str, runs: Sequence[Mapping[str, Any]]) -> list
     return paths
 
 
-def _accuracy_flops(
+def _fronts(
     path: Path,
     setup: str,
     runs: Sequence[Mapping[str, Any]],
     style: Mapping[str, tuple[str, str]],
+    panels: Sequence[tuple[str, View]],
 ) -> Path:
-    fig, axes = plt.subplots(1, len(FRONT_VIEWS), figsize=(11, 4.2), sharey=False)
-    for ax, (view, (acc_key, flops_key)) in zip(axes, FRONT_VIEWS.items(), strict=True):
+    """One panel per front; a panel plots only the runs of its kind (and the reference)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (kind, view) in zip(axes[0], panels, strict=True):
+        mine = [r for r in runs if r.get("flops_kind") == kind or r["method"] == REFERENCE]
         plotted = False
         for method, (color, marker) in style.items():
             points = [
-                (as_number(r.get(flops_key)), as_number(r.get(acc_key)))
-                for r in runs
+                (as_number(r.get(view.cost)), as_number(r.get(view.accuracy)))
+                for r in mine
                 if r["method"] == method
             ]
             xs = [x for x, y in points if x is not None and y is not None and x > 0]
             ys = [y for x, y in points if x is not None and y is not None and x > 0]
-            ax.scatter(xs, ys, color=color, marker=marker, label=method, alpha=0.8)
+            if xs:
+                ax.scatter(xs, ys, color=color, marker=marker, label=method, alpha=0.8)
             plotted = plotted or bool(xs)
-        if plotted:  # a log axis needs a positive value
+        if plotted and not view.higher_is_better:  # counts span decades; a log axis needs > 0
             ax.set_xscale("log")
-        ax.set_xlabel("effective FLOPs per sample (log)")
-        ax.set_ylabel("accuracy" if view == "global model" else "clients' mean accuracy")
-        ax.set_title(f"{setup}: {view}")
+        ax.set_xlabel(view.label)
+        ax.set_ylabel("deployed accuracy (global test set)")
+        ax.set_title(f"{setup}: {kind} FLOPs runs", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-    axes[-1].legend(fontsize=7, loc="best")
+        if plotted:
+            ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import shlex
 import sys
 import time
@@ -34,6 +35,7 @@ from fedrlprune.bench.suites import (
     pick_setups,
     run_config,
 )
+from fedrlprune.bench.table import TIER_FIELDS, TIERS, as_number
 from fedrlprune.errors import ConfigError, DataError
 
 log = logging.getLogger("fedrlprune")
@@ -44,14 +46,18 @@ RESULT_COLUMNS = (
     "seed",
     "status",  # ok | failed | unknown (method not in this version) | skipped (data missing)
     "error",
+    "flops_kind",  # compact (structured) | theoretical (unstructured): every FLOPs column's kind
     "final_accuracy",
     "client_accuracy_mean",
     "client_accuracy_worst10",
     "deployed_accuracy_mean",
+    *TIER_FIELDS,  # deployed models on the global test set, mean over each tier's clients
     "nonzero_params",
     "effective_flops",
-    "deployed_nonzero_params",
-    "deployed_effective_flops",
+    "deployed_params",  # compact params when compact, non-zero params when theoretical
+    "deployed_flops",
+    "deployed_memory_bytes_mean",
+    "deployed_latency_speedup",
     "upload_mb",
     "download_mb",
     "wall_seconds",
@@ -63,18 +69,37 @@ RESULT_COLUMNS = (
     "out_dir",
 )
 
+# Per-client keys of the deployed models' cost, by flops_kind: what each client's budget checks.
+_DEPLOYED_COST = {
+    "compact": ("compact_params", "compact_flops"),
+    "theoretical": ("nonzero_params", "theoretical_flops"),
+}
+
 
 def summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The figures of results.csv from one run's summary.json (bytes as MB)."""
+    """The figures of results.csv from one run's summary.json (bytes as MB).
+
+    The deployed models' params and FLOPs are those of the run's `flops_kind` (the compact
+    model's, or the kept weights'), taken from `per_client`, as are the per-tier accuracies.
+    """
+    clients = summary.get("per_client") or []
+    params, flops = _DEPLOYED_COST.get(str(summary.get("flops_kind")), ("", ""))
     return {
+        "flops_kind": summary.get("flops_kind"),
         "final_accuracy": summary.get("final_accuracy"),
         "client_accuracy_mean": summary.get("client_accuracy_mean"),
         "client_accuracy_worst10": summary.get("client_accuracy_worst10"),
         "deployed_accuracy_mean": summary.get("deployed_accuracy_mean"),
+        **{
+            field: _client_mean(clients, "accuracy_global_test", tier)
+            for tier, field in zip(TIERS, TIER_FIELDS, strict=True)
+        },
         "nonzero_params": summary.get("nonzero_params"),
         "effective_flops": summary.get("effective_flops"),
-        "deployed_nonzero_params": summary.get("deployed_nonzero_params_mean"),
-        "deployed_effective_flops": summary.get("deployed_effective_flops_mean"),
+        "deployed_params": _client_mean(clients, params),
+        "deployed_flops": _client_mean(clients, flops),
+        "deployed_memory_bytes_mean": summary.get("deployed_memory_bytes_mean"),
+        "deployed_latency_speedup": summary.get("deployed_latency_speedup"),
         "upload_mb": _mb(summary.get("upload_bytes_total")),
         "download_mb": _mb(summary.get("download_bytes_total")),
         "wall_seconds": summary.get("wall_seconds"),
@@ -83,6 +108,19 @@ def summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
         "budget_satisfaction": summary.get("budget_satisfaction"),
         "rounds_completed": summary.get("rounds_completed"),
     }
+
+
+def _client_mean(
+    clients: Sequence[Mapping[str, Any]], key: str, tier: str | None = None
+) -> float | None:
+    """Mean of `key` over the clients (of `tier`) that have a finite figure; None if none."""
+    values = [
+        v
+        for c in clients
+        if tier is None or c.get("tier") == tier
+        if (v := as_number(c.get(key))) is not None
+    ]
+    return math.fsum(values) / len(values) if values else None
 
 
 @dataclass(frozen=True)
@@ -135,6 +173,7 @@ def run_bench(
             task = display.add_task("bench", total=len(runnable), info="") if display else None
             for setup, method, seed in plan:
                 row: dict[str, Any] = {"setup": setup.name, "method": method, "seed": seed}
+                kind = None if method in unknown else _kind(setup, method, extra)
                 spent = time.perf_counter() - started
                 over = budget is not None and out_of_time(spent, _timed(rows), budget)
                 why = _why_not(setup.name, method, missing, unknown, over, max_minutes)
@@ -145,6 +184,7 @@ def run_bench(
                     run_dir = _run_dir(out, setup, method, seed)
                     why = one_run(setup, method, seed, extra, run_dir, live)
                 row |= why
+                row["flops_kind"] = row.get("flops_kind") or kind  # older summaries lack it
                 rows.append(row)
                 write_results_csv(out / "results.csv", rows)
             _announce(display, task, _ran(rows), "writing the table and plots")
@@ -293,6 +333,12 @@ def write_outputs(
             link_from=start,
         )
         (out / name).write_text(text)
+
+
+def _kind(setup: Setup, method: str, extra: Sequence[str]) -> str:
+    """The flops_kind a run will report (its config's), so a run that did not finish still
+    lands in its table; a finished run's summary.json says it again."""
+    return "compact" if run_config(setup, method, 0, extra).structured else "theoretical"
 
 
 def _data_missing(setup: Setup, extra: Sequence[str]) -> str | None:

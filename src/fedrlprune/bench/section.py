@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from fedrlprune.bench.suites import Setup, Suite
-from fedrlprune.bench.table import MethodRow, aggregate, front_line, markdown_table
+from fedrlprune.bench.table import (
+    KINDS,
+    MethodRow,
+    aggregate,
+    front_line,
+    kinds_present,
+    markdown_table,
+)
 
 
 def render_section(
@@ -63,11 +70,18 @@ def _header(
         f"- date: {date}; {len(runs)} runs"
         + (f" ({earlier} read back from an earlier invocation)" if earlier else "")
         + f"; the bench took {seconds / 60:.1f} minutes",
-        "- accuracy: the global model on the global test set (mean ± sample sd over seeds); "
-        "clients: each client's deployed model on its own test split; (global): the global "
-        "model; (deployed): the clients' deployed models, mean over clients; bytes and "
-        "seconds over the whole run (the bench's first run also waits for the client "
-        "actors to start, later runs reuse them).",
+        "- two tables per setup, split by each run's `flops_kind` so that no table or front "
+        "sets compact FLOPs against theoretical ones; dense `fedavg`, the reference, is in "
+        "both. Budgeted, structured: the deployed models are compact (channels removed), so "
+        "their params, FLOPs, memory and measured latency speed-up (ONNX Runtime, one "
+        "thread, against the dense model in the same run) are real. Unstructured: the "
+        "deployed models keep dense shapes with zeros, so their FLOPs are theoretical (they "
+        "need sparse kernels) and their memory counts the sparse storage format.",
+        "- deployed acc: the clients' deployed models on the global test set, mean over "
+        "clients (mean ± sample sd over seeds); acc TIER: the same over one device tier's "
+        "clients; global acc: the global model; params, FLOPs and memory: per deployed "
+        "model, mean over clients; bytes and seconds over the whole run (the bench's first "
+        "run also waits for the client actors to start, later runs reuse them).",
         "",
     ]
     return lines
@@ -80,7 +94,7 @@ def _setup_lines(
     plots: Sequence[Path],
     link_from: Path,
 ) -> list[str]:
-    """One setup's section: its settings, the table, the front check and the plots."""
+    """One setup's section: its settings, a table and front check per kind, the plots."""
     setup_rows = [r for r in rows if r["setup"] == setup.name]
     if not setup_rows:
         return []
@@ -93,8 +107,10 @@ def _setup_lines(
     ]
     if all(r.get("status") == "skipped" for r in setup_rows):
         return [*lines, f"Skipped: {setup_rows[0].get('error')}", ""]
-    lines += markdown_table(table, setup.name)
-    lines += ["", front_line(table, setup.name), ""]
+    for kind in kinds_present(table, setup.name):
+        lines += [f"**{KINDS[kind].title}**", ""]
+        lines += markdown_table(table, setup.name, kind)
+        lines += ["", front_line(table, setup.name, kind), ""]
     lines += [f"![{p.stem}]({_link(p, link_from)})" for p in plots]
     return [*lines, ""]
 

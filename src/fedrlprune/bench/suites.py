@@ -14,17 +14,26 @@ from fedrlprune.config import Config
 from fedrlprune.errors import ConfigError
 from fedrlprune.methods import METHODS as REGISTRY
 
-# The bench's ablations of the method: a name and its config overrides.
+# The budgeted methods run structured, so their deployed models are compact and their FLOPs
+# and latency real; the rest run as their papers do. Each run's `flops_kind` then puts it in
+# the budgeted (compact) table or the unstructured (theoretical) one (bench/table.py).
+_STRUCTURED: dict[str, Any] = {"prune_mode": "structured"}
+BUDGETED = ("fedrlprune", "uniform", "lamp")
+# The bench's variants of the method: the method unstructured (beside the unstructured
+# baselines), and its ablations, structured like the method.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "rl-local": {"method": "fedrlprune", "rl_policy": "local"},
-    "rl-central": {"method": "fedrlprune", "rl_policy": "central"},
-    "fedrlprune-naive": {"method": "fedrlprune", "aggregation": "naive"},
+    "fedrlprune-unstructured": {"method": "fedrlprune", "prune_mode": "unstructured"},
+    "rl-local": {"method": "fedrlprune", "rl_policy": "local", **_STRUCTURED},
+    "rl-central": {"method": "fedrlprune", "rl_policy": "central", **_STRUCTURED},
+    "fedrlprune-naive": {"method": "fedrlprune", "aggregation": "naive", **_STRUCTURED},
 }
 # Bench name -> config overrides: every registered method (the reference first, the method
 # last, as the tables read), then the variants. A name whose overrides this version's Config
 # refuses is reported as unknown to this version, never silently dropped.
 ORDER = sorted(REGISTRY, key=lambda m: (m != "fedavg", m == "fedrlprune"))
-METHODS: dict[str, dict[str, Any]] = {m: {"method": m} for m in ORDER} | VARIANTS
+METHODS: dict[str, dict[str, Any]] = {
+    m: {"method": m, **(_STRUCTURED if m in BUDGETED else {})} for m in ORDER
+} | VARIANTS
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""The bench's arithmetic: per-method aggregation over seeds and the Pareto-front check.
+"""The bench's arithmetic: means over seeds, the split by `flops_kind`, the Pareto fronts.
 
 Pure functions over plain rows (one dict per run, as in results.csv) so the rules that turn runs
-into the published table can be tested without running anything.
+into the published tables can be tested without running anything.
 """
 
 from __future__ import annotations
@@ -12,43 +12,109 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# Figures averaged over a method's finished seeds; the table shows them in this order.
-MEAN_FIELDS = (
-    "final_accuracy",
-    "client_accuracy_mean",
-    "client_accuracy_worst10",
-    "nonzero_params",
-    "effective_flops",
-    "deployed_nonzero_params",
-    "deployed_effective_flops",
-    "upload_mb",
-    "download_mb",
-    "wall_seconds",
-    "sim_seconds",
-    "sim_joules",
-    "budget_satisfaction",
-)
+from fedrlprune.devices import TIERS as DEVICE_TIERS
 
-# The two accuracy-against-FLOPs views a front is computed for: the global model against its
-# own effective FLOPs, and the clients' deployed models (each on its own test split) against
-# theirs. They pair figures measured on the same models, so neither mixes two different ones.
-FRONT_VIEWS: dict[str, tuple[str, str]] = {
-    "global model": ("final_accuracy", "effective_flops"),
-    "deployed models": ("client_accuracy_mean", "deployed_effective_flops"),
+REFERENCE = "fedavg"  # dense: its compact, theoretical and effective FLOPs are one number
+TIERS = tuple(DEVICE_TIERS)  # mcu, sbc, phone, laptop
+TIER_FIELDS = tuple(f"accuracy_{tier}" for tier in TIERS)
+
+
+@dataclass(frozen=True)
+class View:
+    """One front: accuracy against one cost, and the cost's axis label."""
+
+    accuracy: str
+    cost: str
+    label: str
+    higher_is_better: bool = False  # a speed-up is better high, a count better low
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One of a setup's two tables: the runs of one `flops_kind`, their columns and fronts.
+
+    Runs are split by kind so that no table, mean or front sets compact FLOPs (what a compact
+    model costs) against theoretical ones (what a zero-filled model would cost with sparse
+    kernels); the dense reference belongs to both.
+    """
+
+    title: str
+    subject: str  # the method whose place on the fronts is checked
+    columns: tuple[tuple[str, str, str], ...]  # (header, field, format; "±": mean ± sd)
+    views: dict[str, View]
+
+
+_TIER_COLUMNS = tuple((f"acc {t}", f, "{:.4f}") for t, f in zip(TIERS, TIER_FIELDS, strict=True))
+KINDS: dict[str, Kind] = {
+    "compact": Kind(
+        title="Budgeted, structured: compact models (real FLOPs, measured latency)",
+        subject="fedrlprune",
+        columns=(
+            ("deployed acc (mean ± sd)", "deployed_accuracy_mean", "±"),
+            *_TIER_COLUMNS,
+            ("compact params", "deployed_params", "{:,.0f}"),
+            ("compact FLOPs", "deployed_flops", "{:,.0f}"),
+            ("memory bytes", "deployed_memory_bytes_mean", "{:,.0f}"),
+            ("latency speed-up (measured)", "deployed_latency_speedup", "{:.2f}x"),
+            ("budget satisfaction", "budget_satisfaction", "{:.2f}"),
+            ("upload MB", "upload_mb", "{:.2f}"),
+            ("wall s", "wall_seconds", "{:.1f}"),
+        ),
+        views={
+            "measured latency": View(
+                "deployed_accuracy_mean",
+                "deployed_latency_speedup",
+                "measured latency speed-up over the dense model",
+                higher_is_better=True,
+            ),
+            "compact params": View(
+                "deployed_accuracy_mean", "deployed_params", "compact params (log)"
+            ),
+        },
+    ),
+    "theoretical": Kind(
+        title="Unstructured: zero-filled models (theoretical FLOPs, need sparse kernels)",
+        subject="fedrlprune-unstructured",
+        columns=(
+            ("deployed acc (mean ± sd)", "deployed_accuracy_mean", "±"),
+            *_TIER_COLUMNS,
+            ("global acc (mean ± sd)", "final_accuracy", "±"),
+            ("non-zero params (deployed)", "deployed_params", "{:,.0f}"),
+            ("theoretical FLOPs (deployed)", "deployed_flops", "{:,.0f}"),
+            ("theoretical FLOPs (global)", "effective_flops", "{:,.0f}"),
+            ("memory bytes (sparse storage)", "deployed_memory_bytes_mean", "{:,.0f}"),
+            ("budget satisfaction", "budget_satisfaction", "{:.2f}"),
+            ("upload MB", "upload_mb", "{:.2f}"),
+            ("wall s", "wall_seconds", "{:.1f}"),
+        ),
+        views={
+            "theoretical FLOPs": View(
+                "deployed_accuracy_mean", "deployed_flops", "theoretical FLOPs per sample (log)"
+            ),
+        },
+    ),
 }
+
+
+# Figures averaged over a method's finished seeds: those the tables show (the fronts' too).
+MEAN_FIELDS = tuple(dict.fromkeys(f for kind in KINDS.values() for _, f, _ in kind.columns))
+SD_FIELDS = tuple(  # shown as mean ± sd
+    dict.fromkeys(f for kind in KINDS.values() for _, f, fmt in kind.columns if fmt == "±")
+)
 
 
 @dataclass(frozen=True)
 class MethodRow:
-    """One method on one setup: how many runs finished, means over them, and the spread."""
+    """One method of one kind on one setup: runs, finished runs, means over them, spreads."""
 
     setup: str
     method: str
+    flops_kind: str | None  # "compact" or "theoretical"; None for a method this version lacks
     runs: int
     finished: int
     status: str  # "ok" when at least one run finished, else the runs' common status
     means: dict[str, float | None]
-    accuracy_sd: float | None  # sample standard deviation of final_accuracy over seeds
+    sds: dict[str, float | None]  # sample standard deviation over seeds of SD_FIELDS
     errors: tuple[str, ...]
 
 
@@ -64,120 +130,127 @@ def as_number(value: Any) -> float | None:
 
 
 def aggregate(rows: Iterable[Mapping[str, Any]]) -> list[MethodRow]:
-    """Group runs by (setup, method) in first-seen order and summarise each group.
+    """Group runs by (setup, method, flops_kind) in first-seen order and summarise each group.
 
-    Only runs with status "ok" enter the means; a figure missing from every finished run is
-    None. The accuracy spread is the sample standard deviation (n - 1), None below two runs:
-    one seed says nothing about spread.
+    The kind is part of the key so that no mean mixes compact and theoretical figures. Only runs
+    with status "ok" enter the means; a figure missing from every finished run is None. Spreads
+    are sample standard deviations (n - 1), None below two runs: one seed says nothing about
+    spread.
     """
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    groups: dict[tuple[str, str, str | None], list[Mapping[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((str(row["setup"]), str(row["method"])), []).append(row)
-    table = []
-    for (setup, method), runs in groups.items():
-        ok = [r for r in runs if r.get("status") == "ok"]
-        means: dict[str, float | None] = {}
-        for name in MEAN_FIELDS:
-            values = _numbers(ok, name)
-            means[name] = statistics.fmean(values) if values else None
-        accs = _numbers(ok, "final_accuracy")
-        statuses = {str(r.get("status")) for r in runs}
-        status = "ok" if ok else (statuses.pop() if len(statuses) == 1 else "failed")
-        errors = tuple(dict.fromkeys(str(r["error"]) for r in runs if r.get("error")))
-        table.append(
-            MethodRow(
-                setup=setup,
-                method=method,
-                runs=len(runs),
-                finished=len(ok),
-                status=status,
-                means=means,
-                accuracy_sd=statistics.stdev(accs) if len(accs) >= 2 else None,
-                errors=errors,
-            )
-        )
-    return table
+        key = (str(row["setup"]), str(row["method"]), row.get("flops_kind") or None)
+        groups.setdefault(key, []).append(row)
+    return [_summarise(setup, method, kind, runs) for (setup, method, kind), runs in groups.items()]
+
+
+def _summarise(
+    setup: str, method: str, kind: str | None, runs: Sequence[Mapping[str, Any]]
+) -> MethodRow:
+    ok = [r for r in runs if r.get("status") == "ok"]
+    means = {name: _mean(_numbers(ok, name)) for name in MEAN_FIELDS}
+    sds = {name: _sd(_numbers(ok, name)) for name in SD_FIELDS}
+    statuses = {str(r.get("status")) for r in runs}
+    status = "ok" if ok else (statuses.pop() if len(statuses) == 1 else "failed")
+    errors = tuple(dict.fromkeys(str(r["error"]) for r in runs if r.get("error")))
+    return MethodRow(setup, method, kind, len(runs), len(ok), status, means, sds, errors)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _sd(values: Sequence[float]) -> float | None:
+    return statistics.stdev(values) if len(values) >= 2 else None
+
+
+def of_kind(table: Sequence[MethodRow], setup: str, kind: str) -> list[MethodRow]:
+    """The rows of one setup's table of `kind`: its runs of that kind, and the reference."""
+    return [
+        r for r in table if r.setup == setup and (r.flops_kind == kind or r.method == REFERENCE)
+    ]
+
+
+def kinds_present(table: Sequence[MethodRow], setup: str) -> list[str]:
+    """The kinds with a method other than the reference (the reference alone: its own kind)."""
+    rows = [r for r in table if r.setup == setup and r.flops_kind in KINDS]
+    found = {r.flops_kind for r in rows if r.method != REFERENCE}
+    found = found or {r.flops_kind for r in rows}
+    return [kind for kind in KINDS if kind in found]
 
 
 def dominators(
     points: Mapping[str, tuple[float | None, float | None]], name: str
 ) -> list[str] | None:
-    """The methods that dominate `name`: strictly higher accuracy and strictly fewer FLOPs.
+    """The methods that dominate `name`: strictly higher accuracy and strictly lower cost.
 
-    `points` maps method -> (mean accuracy, mean effective FLOPs). Ties do not dominate (equal
-    FLOPs with higher accuracy is not "fewer FLOPs"). Methods with a missing figure take no part;
-    None when `name` itself has no point, so "not measured" is never reported as "on the front".
+    `points` maps method -> (mean accuracy, mean cost), cost lower-is-better (front_line
+    negates a speed-up). Ties do not dominate (equal cost with higher accuracy is not "lower
+    cost"). Methods with a missing figure take no part; None when `name` itself has no point,
+    so "not measured" is never reported as "on the front".
     """
-    acc, flops = points.get(name, (None, None))
-    if acc is None or flops is None:
+    acc, cost = points.get(name, (None, None))
+    if acc is None or cost is None:
         return None
     return [
         other
-        for other, (a, f) in points.items()
-        if other != name and a is not None and f is not None and a > acc and f < flops
+        for other, (a, c) in points.items()
+        if other != name and a is not None and c is not None and a > acc and c < cost
     ]
 
 
-def front_line(table: Sequence[MethodRow], setup: str, method: str = "fedrlprune") -> str:
-    """One line per setup: is `method` on the accuracy-against-FLOPs Pareto front, per view?"""
-    rows = [r for r in table if r.setup == setup and r.finished]
+def front_line(table: Sequence[MethodRow], setup: str, kind: str) -> str:
+    """Is the kind's subject on each of its Pareto fronts, among the runs of that kind only?"""
+    spec = KINDS[kind]
+    rows = [r for r in of_kind(table, setup, kind) if r.finished]
     parts = []
-    for view, (acc_key, flops_key) in FRONT_VIEWS.items():
-        points = {r.method: (r.means[acc_key], r.means[flops_key]) for r in rows}
-        beaten_by = dominators(points, method)
+    for name, view in spec.views.items():
+        sign = -1.0 if view.higher_is_better else 1.0
+        points = {
+            r.method: (r.means[view.accuracy], _signed(r.means[view.cost], sign)) for r in rows
+        }
+        beaten_by = dominators(points, spec.subject)
         if beaten_by is None:
-            parts.append(f"{view}: not measured")
+            parts.append(f"{name}: not measured")
         elif not beaten_by:
-            parts.append(f"{view}: **on the front**")
+            parts.append(f"{name}: **on the front**")
         else:
-            parts.append(f"{view}: not on the front (dominated by {', '.join(beaten_by)})")
-    return f"Front check ({setup}): `{method}` — " + "; ".join(parts) + "."
+            parts.append(f"{name}: not on the front (dominated by {', '.join(beaten_by)})")
+    return (
+        f"Front check ({setup}, {kind} FLOPs): `{spec.subject}`, deployed accuracy against "
+        + "; ".join(parts)
+        + "."
+    )
 
 
-# (header, field or special, format) of table.md's per-setup table.
-TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("accuracy (mean ± sd)", "accuracy", ""),
-    ("clients: mean acc", "client_accuracy_mean", "{:.4f}"),
-    ("clients: worst-10% acc", "client_accuracy_worst10", "{:.4f}"),
-    ("non-zero params (global)", "nonzero_params", "{:,.0f}"),
-    ("eff. FLOPs (global)", "effective_flops", "{:,.0f}"),
-    ("non-zero params (deployed)", "deployed_nonzero_params", "{:,.0f}"),
-    ("eff. FLOPs (deployed)", "deployed_effective_flops", "{:,.0f}"),
-    ("upload MB", "upload_mb", "{:.2f}"),
-    ("download MB", "download_mb", "{:.2f}"),
-    ("wall s", "wall_seconds", "{:.1f}"),
-    ("device-sim s", "sim_seconds", "{:.1f}"),
-    ("device-sim J", "sim_joules", "{:.2f}"),
-    ("budget satisfaction", "budget_satisfaction", "{:.2f}"),
-)
+def _signed(value: float | None, sign: float) -> float | None:
+    return None if value is None else sign * value
 
 
-def markdown_table(table: Sequence[MethodRow], setup: str) -> list[str]:
-    """The per-method table of one setup; a method with no finished run says why in one cell."""
-    headers = ["method", "runs ok", *(h for h, _, _ in TABLE_COLUMNS)]
+def markdown_table(table: Sequence[MethodRow], setup: str, kind: str) -> list[str]:
+    """One setup's table of one kind; a method with no finished run says why in one cell."""
+    columns = KINDS[kind].columns
+    headers = ["method", "runs ok", *(h for h, _, _ in columns)]
     lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
-    for row in (r for r in table if r.setup == setup):
+    for row in of_kind(table, setup, kind):
         cells = [f"`{row.method}`", f"{row.finished}/{row.runs}"]
         if not row.finished:
             cells.append(f"{row.status}: {_short(row.errors)}")
-            cells += [""] * (len(TABLE_COLUMNS) - 1)
+            cells += [""] * (len(columns) - 1)
         else:
-            for _, name, fmt in TABLE_COLUMNS:
-                cells.append(_accuracy_cell(row) if name == "accuracy" else _cell(row, name, fmt))
+            cells += [_cell(row, name, fmt) for _, name, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def _accuracy_cell(row: MethodRow) -> str:
-    mean = row.means["final_accuracy"]
-    if mean is None:
-        return "n/a"
-    return f"{mean:.4f}" + (f" ± {row.accuracy_sd:.4f}" if row.accuracy_sd is not None else "")
-
-
 def _cell(row: MethodRow, name: str, fmt: str) -> str:
     value = row.means[name]
-    return "n/a" if value is None else fmt.format(value)
+    if value is None:
+        return "n/a"
+    if fmt != "±":
+        return fmt.format(value)
+    sd = row.sds[name]
+    return f"{value:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
 
 
 def _short(errors: Sequence[str], limit: int = 160) -> str:

@@ -25,6 +25,7 @@ from fedrlprune.federation.checkpoint import CHECKPOINT
 from fedrlprune.models import ModelFactory, build_model
 from fedrlprune.pruning.compact import export_onnx, onnx_latency
 from fedrlprune.pruning.masks import apply_masks
+from fedrlprune.pruning.memory import memory_bytes
 from fedrlprune.pruning.metrics import model_cost
 from fedrlprune.pruning.payload import encode, encoded_bytes
 from fedrlprune.state import Masks, State
@@ -97,6 +98,7 @@ def export_results(
                 "effective_flops": cost.effective_flops,
                 "file_bytes": path.stat().st_size,
                 "sparse_bytes": encoded_bytes(encode(apply_masks(state, masks), masks)),
+                "memory_bytes": memory_bytes(runnable, shape),
                 "latency_ms": 1e3
                 * onnx_latency(path, shape, batch=1, runs=cfg.latency_runs or 200),
             }
@@ -116,7 +118,9 @@ def _form(masks: Masks, structured: bool) -> str:
 
 def _write_table(path: Path, rows: list[dict[str, Any]], structured: bool) -> None:
     head = list(rows[0])
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    kind = "compact" if structured else "theoretical"
+    labels = [f"{h} ({kind})" if h in ("effective_flops", "flops_ratio") else h for h in head]
+    lines = ["| " + " | ".join(labels) + " |", "|" + " --- |" * len(head)]
     lines += ["| " + " | ".join(_cell(r[h]) for h in head) + " |" for r in rows]
     note = (
         "Structured masks: each model is rebuilt without its pruned channels, so FLOPs, the "
@@ -128,6 +132,11 @@ def _write_table(path: Path, rows: list[dict[str, Any]], structured: bool) -> No
         "+ values)."
     )
     note += (
+        " `memory_bytes`: what running the exported model needs at batch 1, its weights and "
+        "buffers plus its peak activations (`fedrlprune.pruning.memory_bytes`): the compact "
+        "model's when structured, the dense model's when unstructured (the file keeps dense "
+        "shapes; summary.json's per-client `memory_bytes` counts the sparse storage format "
+        "instead)."
         " Latency: ONNX Runtime on this CPU, one thread, batch 1, the median of many calls "
         "after a warm-up; `latency_speedup` and `flops_ratio` are against the dense model."
     )
