@@ -10,8 +10,9 @@ from fedrlprune.errors import ConfigError
 
 def test_defaults_are_the_documented_default_run() -> None:
     cfg = Config()
-    assert (cfg.dataset, cfg.model, cfg.method) == ("fashion-mnist", "lenet5", "fedrlprune")
-    assert (cfg.clients, cfg.rounds, cfg.partition, cfg.alpha) == (10, 20, "dirichlet", 0.5)
+    assert (cfg.dataset, cfg.model, cfg.method) == ("fashion-mnist", "cnn", "fedrlprune")
+    assert (cfg.clients, cfg.rounds, cfg.partition, cfg.alpha) == (20, 20, "dirichlet", 0.5)
+    assert (cfg.mode, cfg.structured, cfg.lr, cfg.max_grad_norm) == ("structured", True, 0.05, 1.0)
 
 
 @pytest.mark.parametrize(

@@ -86,17 +86,17 @@ class Config:
         hi=100.0,
     )
     model: str = _key(
-        "lenet5", "model from the registry (the Python API also takes your own nn.Module)"
+        "cnn", "model from the registry (the Python API also takes your own nn.Module)"
     )
     method: str = _key("fedrlprune", "federated method to run", choices=tuple(METHODS))
-    clients: int = _key(10, "number of clients (the data is split among them)", lo=1, hi=10_000)
+    clients: int = _key(20, "number of clients (the data is split among them)", lo=1, hi=10_000)
     rounds: int = _key(20, "federated rounds", lo=1, hi=100_000)
     fraction: float = _key(
         1.0, "share of clients selected each round (at least one)", lo=0.0, hi=1.0, lo_open=True
     )
-    local_epochs: int = _key(2, "local epochs per round on each selected client", lo=1, hi=1_000)
+    local_epochs: int = _key(1, "local epochs per round on each selected client", lo=1, hi=1_000)
     batch_size: int = _key(32, "local mini-batch size", lo=1, hi=65_536)
-    lr: float = _key(0.01, "local SGD learning rate", lo=0.0, hi=10.0, lo_open=True)
+    lr: float = _key(0.05, "local SGD learning rate", lo=0.0, hi=10.0, lo_open=True)
     lr_schedule: str = _key(
         "constant",
         "local learning rate over the rounds: `constant`, or `cosine` (from `lr` in round 1 "
@@ -105,6 +105,13 @@ class Config:
     )
     momentum: float = _key(0.9, "local SGD momentum (reset every round)", lo=0.0, hi=0.999)
     weight_decay: float = _key(0.0, "local SGD weight decay", lo=0.0, hi=1.0)
+    max_grad_norm: float = _key(
+        1.0,
+        "clip each local step's gradient norm to this (0 = no clipping); 1 as in HeteroFL's "
+        "and FedRolex's code: a freshly pruned model's first steps can diverge without it",
+        lo=0.0,
+        hi=1e6,
+    )
     partition: str = _key(
         "dirichlet",
         "how the data is split among clients; `natural` (each client holds the samples "
@@ -118,7 +125,11 @@ class Config:
     val_fraction: float = _key(0.1, "share of each client's data kept for validation", lo=0, hi=0.5)
     test_fraction: float = _key(0.1, "share of each client's data kept for its test", lo=0, hi=0.5)
     data_fraction: float = _key(
-        1.0, "share of each split kept (for quick runs)", lo=0.0, hi=1.0, lo_open=True
+        0.5,
+        "share of each split kept (half of Fashion-MNIST keeps the main job to minutes)",
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
     )
     prune_rate: float = _key(
         0.8,

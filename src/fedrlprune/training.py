@@ -58,8 +58,13 @@ def train(
     seed: int = 0,
     hook: StepHook | None = None,
     core: dict[str, np.ndarray] | None = None,
+    max_grad_norm: float = 0.0,
 ) -> TrainResult:
     """Run `epochs` of mini-batch SGD on (x, y); the shuffling order comes from `seed`.
+
+    `max_grad_norm` > 0 clips the gradient's norm before each step (as HeteroFL's and
+    FedRolex's official code do, at 1): a freshly pruned model's first steps can be large
+    enough to diverge at learning rates the dense model trains well with.
 
     `core` (parameter name -> bool mask, 1 = kept): a sub-network of the model that is trained
     as a model of its own in the same step, its loss added to the full model's (the sandwich
@@ -90,6 +95,8 @@ def train(
                 loss.backward()
             if hook is not None:
                 hook.before_step()
+            if max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             opt.step()
             if hook is not None:
                 hook.after_step()

@@ -70,6 +70,7 @@ def train_round(
         seed=cfg.seed * 1_000_003 + orders.round * 10_007 + cid,
         hook=hook,
         core=local.core,
+        max_grad_norm=cfg.max_grad_norm,
     )
     start = time.perf_counter()
     local.write_back(data.model, apply_masks(pruned.state, pruned.masks))
