@@ -36,7 +36,8 @@ from typing import Any
 
 SIZES = (10, 100, 1000)
 PER_ROUND = 10
-SETTINGS = ("--set", "method=fedavg", "--set", "local_epochs=1")
+SETTINGS = ("--set", "method=fedavg", "--set", "local_epochs=1", "--set", "model=lenet5",
+            "--set", "data_fraction=1.0")  # fmt: skip
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 

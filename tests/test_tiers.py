@@ -46,3 +46,8 @@ def test_closing_lines_name_the_dense_run_or_say_there_is_none(tmp_path: Path) -
         "0.8750 (benchmarks/results/dense/fmnist)"
     )
     assert "no committed run" in tier_lines(SUMMARY, None)[-1]
+    unmeasured = {
+        **SUMMARY,
+        "per_client": [{**c, "latency_speedup": None} for c in SUMMARY["per_client"]],
+    }
+    assert " n/a " in tier_lines(unmeasured, None)[1]  # latency_runs = 0 writes null

@@ -43,10 +43,8 @@ def tier_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "clients": len(group),
                 "params": float(np.mean(params)),
                 "flops": float(np.mean(flops)),
-                "memory_bytes": float(np.mean([c.get("memory_bytes", math.nan) for c in group])),
-                "latency_speedup": float(
-                    np.mean([c.get("latency_speedup", math.nan) for c in group])
-                ),
+                "memory_bytes": _mean(group, "memory_bytes"),
+                "latency_speedup": _mean(group, "latency_speedup"),
                 "accuracy": float(np.mean([c["accuracy_global_test"] for c in group])),
                 "within_budget": sum(bool(c["within_budget"]) for c in group),
             }
@@ -89,6 +87,12 @@ def tier_lines(summary: Mapping[str, Any], dense: tuple[float, str] | None) -> l
     else:
         lines.append(f"dense FedAvg with these settings: {dense[0]:.4f} ({dense[1]})")
     return lines
+
+
+def _mean(group: list[dict[str, Any]], key: str) -> float:
+    """Mean of a figure over clients; NaN where it was not measured (null in summary.json)."""
+    values = [c.get(key) for c in group]
+    return float(np.mean([math.nan if v is None else v for v in values]))
 
 
 def _fewer(value: float, dense: float) -> str:
