@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from fedrlprune.rl.env import OBS_DIM
 from fedrlprune.rl.federation import PolicyStore
 from fedrlprune.rl.prune import new_agent
 
@@ -46,7 +47,7 @@ def test_round_trip_through_arrays_is_exact(policy: str) -> None:
     store = PolicyStore(agent.get_weights(), policy)
     copy = new_agent(5)
     copy.set_weights(store.for_client(0))
-    obs = np.random.default_rng(0).random((20, 18)).astype(np.float32)
+    obs = np.random.default_rng(0).random((20, OBS_DIM)).astype(np.float32)
     assert [agent.greedy(o) for o in obs] == [copy.greedy(o) for o in obs]
 
 

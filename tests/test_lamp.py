@@ -118,7 +118,9 @@ def test_every_client_prunes_inside_its_step_budget_at_lamps_rates(mode: str) ->
 
 
 def test_unstructured_rates_are_the_masks_sparsity_and_magnitudes_skip_pruned_weights() -> None:
-    cfg = Config.from_dict({"method": "lamp", "clients": 2, "rounds": 4})
+    cfg = Config.from_dict(
+        {"method": "lamp", "clients": 2, "rounds": 4, "prune_mode": "unstructured"}
+    )
     data = client()
     method = Lamp(cfg, Fleet(cfg, ModelFacts.of(data.model, SHAPE, None)))
     state = get_state(data.model)

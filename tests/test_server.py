@@ -79,7 +79,9 @@ def test_a_budget_out_of_the_models_reach_is_said_before_round_one(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The MLP's dense head alone holds more parameters than a microcontroller's budget allows.
-    cfg = Config.from_dict({"model": "mlp", "clients": 2, "device_mix": "mcu,laptop"})
+    cfg = Config.from_dict(
+        {"model": "mlp", "clients": 2, "device_mix": "mcu,laptop", "prune_mode": "unstructured"}
+    )
     fed = Federation(cfg, build_model("mlp", (1, 8, 8), 10), (1, 8, 8), TEST)
     with caplog.at_level("WARNING", logger="fedrlprune"):
         fed.start({0: 10, 1: 10})
@@ -87,7 +89,13 @@ def test_a_budget_out_of_the_models_reach_is_said_before_round_one(
     assert "mcu budget" in caplog.text and "params" in caplog.text
     assert 'prune_skip = ""' in caplog.text and "device_mix" in caplog.text  # the ways out
     headless = Config.from_dict(
-        {"model": "mlp", "clients": 1, "device_mix": "mcu", "prune_skip": ""}
+        {
+            "model": "mlp",
+            "clients": 1,
+            "device_mix": "mcu",
+            "prune_skip": "",
+            "prune_mode": "unstructured",
+        }
     )
     fed = Federation(headless, build_model("mlp", (1, 8, 8), 10), (1, 8, 8), TEST)
     fed.start({0: 10})
@@ -113,6 +121,7 @@ def test_a_memory_budget_out_of_reach_is_said_before_round_one_with_the_way_out(
 ) -> None:
     shape = (1, 80, 80)
     keys = {"clients": 2, "device_mix": "mcu,laptop", "prune_skip": ""}
+    keys["prune_mode"] = "unstructured"
     fed = Federation(Config.from_dict(keys), _wide_activations(), shape, TEST)
     with caplog.at_level("WARNING", logger="fedrlprune"):
         fed.start({0: 10, 1: 10})

@@ -12,7 +12,8 @@ from fedrlprune.data.synthetic import CLASSES, FEATURES, generate, synthetic_dat
 from fedrlprune.errors import DataError
 from fedrlprune.federation.client import client_data
 
-SMALL = {"dataset": "synthetic", "partition": "natural", "clients": 8, "model": "mlp"}
+SMALL = {"dataset": "synthetic", "partition": "natural", "clients": 8, "model": "mlp",
+         "data_fraction": 1.0}  # fmt: skip
 
 
 def test_same_seed_same_data_and_another_seed_other_data() -> None:

@@ -155,6 +155,7 @@ STANDARD = Suite(
                 "dataset": "synthetic",
                 "synthetic_alpha": 1.0,
                 "synthetic_beta": 1.0,
+                "data_fraction": 1.0,
                 "model": "mlp",
                 "clients": 30,
                 "rounds": 30,
