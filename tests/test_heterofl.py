@@ -18,6 +18,7 @@ from fedrlprune.pruning.compact import compact_model
 from fedrlprune.pruning.metrics import total_flops
 from fedrlprune.state import State
 from fedrlprune.training import get_state, set_state
+from test_methods import ResidualBN  # the user CNN with BatchNorm and a residual
 
 MNIST = (1, 28, 28)
 TIER_ORDER = ("mcu", "sbc", "phone", "laptop")
@@ -31,21 +32,6 @@ def started(name: str, model: nn.Module, shape: tuple[int, ...]) -> tuple[Method
     state = get_state(model)
     method.start(state, {}, {})
     return method, state
-
-
-class ResidualBN(nn.Module):
-    """A user's CNN with BatchNorm and a residual addition: channels tied across the skip."""
-
-    def __init__(self, input_shape: tuple[int, ...], classes: int) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(input_shape[0], 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.head = nn.Linear(8 * input_shape[1] * input_shape[2], classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn1(self.conv1(x)))
-        y = torch.relu(y + self.bn2(self.conv2(y)))
-        return self.head(y.flatten(1))
 
 
 def test_a_width_keeps_ceil_rate_times_the_channels_and_at_least_one() -> None:
