@@ -261,10 +261,11 @@ def run_episode_with(env: PruningEnv, actions: tuple[int, ...]) -> tuple[float, 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_clients_agent_finds_the_best_rates_within_one_round(seed: int) -> None:
-    """The agent a client trains, with bootstrapped targets, over one pruning round's episodes
-    (rl_episodes' default): gradient steps taken, and the greedy rates are the best ones."""
+    """The agent, with bootstrapped targets, over the episodes one pruning round gives the
+    policy (rl_explorers clients of rl_episodes each, defaults): gradient steps taken, and
+    the greedy rates are the best ones."""
     env, best = budgeted_task()
     agent = new_agent(seed)
-    train(env, agent, Config().rl_episodes, 1.0, 0.05)
+    train(env, agent, Config().rl_explorers * Config().rl_episodes, 1.0, 0.05)
     assert agent.cfg.targets == "bootstrap" and agent.learn_steps > 100
     assert greedy_rates(env, agent)["rates"] == best

@@ -56,10 +56,22 @@ def test_central_policy_is_trained_by_one_client_only(facts: ModelFacts) -> None
     fleet = method.fleet
     assert fleet.trainer not in fleet.heldout
     assert fleet.trainer == min(set(range(6)) - fleet.heldout)
-    learners = [c for c in range(6) if method.rl_orders(c, 1, learn=True).learn]
+    learners = [c for c in range(6) if method.rl_orders(c, 3, 1, learn=True).learn]
     assert learners == [fleet.trainer]
-    local = _method(facts, rl_policy="local", clients=6)
-    assert all(local.rl_orders(c, 1, learn=True).learn for c in range(6))
+    local = _method(facts, rl_policy="local", clients=6, rl_explorers=0)
+    assert all(local.rl_orders(c, 3, 1, learn=True).learn for c in range(6))
+
+
+def test_a_few_drawn_clients_train_the_policy_each_round_never_a_held_out_one(
+    facts: ModelFacts,
+) -> None:
+    method = _method(facts, clients=10, heldout_clients=2, rl_explorers=3)
+    draws = [method.explorers(rnd) for rnd in range(1, 21)]
+    assert all(len(d) == 3 and not d & method.fleet.heldout for d in draws)
+    assert len(set().union(*draws)) == 8, "every trainable client explores in some round"
+    assert draws[0] == _method(facts, clients=10, heldout_clients=2, rl_explorers=3).explorers(1)
+    learners = {c for c in range(10) if method.rl_orders(c, 1, 1, learn=True).learn}
+    assert learners == draws[0]
 
 
 def test_policies_survive_a_snapshot_and_restore(facts: ModelFacts) -> None:

@@ -188,7 +188,15 @@ class Config:
         "rate for everyone, the traditional baseline; `fedrlprune` always keeps budgets)",
     )
     rl_episodes: int = _key(
-        24, "`fedrlprune`: DQN episodes each client trains per pruning round", lo=1, hi=10_000
+        12, "`fedrlprune`: DQN episodes each exploring client trains per pruning round", lo=1,
+        hi=10_000,
+    )
+    rl_explorers: int = _key(
+        3,
+        "`fedrlprune`: clients drawn each pruning round to train the policy (the others prune "
+        "with it as it is); 0: every client",
+        lo=0,
+        hi=1_000_000,
     )
     rl_reward: str = _key(
         "acc_cost",
@@ -196,7 +204,7 @@ class Config:
         choices=REWARDS,
     )
     rl_cost_weight: float = _key(
-        0.3,
+        0.0,
         "weight of the cost (mean share of the budget's FLOPs and params used) in `acc_cost`",
         lo=0,
         hi=100,

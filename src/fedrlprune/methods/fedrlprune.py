@@ -13,6 +13,7 @@ trained under when that fits its final budget; otherwise it asks the policy once
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -58,16 +59,19 @@ class FedRLPrune(BudgetedPruning):
     def pruning_orders(self, cid: int, orders: Orders, step: int) -> Orders:
         """`orders` with the policy and the MDP's settings; a policy asked at deployment (step
         0, when the mask misses the final budget) prunes as it is, without learning."""
-        rl = self.rl_orders(cid, step, learn=not orders.deploy)
+        rl = self.rl_orders(cid, orders.round, step, learn=not orders.deploy)
         return replace(orders, policy=self.policies.for_client(cid), rl=rl)
 
-    def rl_orders(self, cid: int, step: int, learn: bool) -> RLOrders:
+    def rl_orders(self, cid: int, rnd: int, step: int, learn: bool) -> RLOrders:
         """What a client needs to run its pruning MDP at step `step` (final budget when 0)."""
         steps = len(self.fleet.prune_rounds)
         limit = self.budget_now(cid, step or steps)
         profile = TIERS[self.fleet.clients[cid].tier]
         eps = np.linspace(self.cfg.rl_eps_start, self.cfg.rl_eps_end, steps + 1)
-        trains = self.cfg.rl_policy != "central" or cid == self.fleet.trainer
+        if self.cfg.rl_policy == "central":
+            trains = cid == self.fleet.trainer
+        else:
+            trains = cid in self.explorers(rnd)
         return RLOrders(
             budget_flops=limit.max_flops,
             budget_params=limit.max_params,
@@ -79,6 +83,18 @@ class FedRLPrune(BudgetedPruning):
             eps_end=float(eps[max(step, 1)]),
             learn=learn and cid not in self.fleet.heldout and trains,
         )
+
+    def explorers(self, rnd: int) -> set[int]:
+        """The clients that train the policy in round `rnd`: `rl_explorers` of those not held
+        out, a seeded draw per round (all when 0). Scoring candidates costs more than a client's
+        local epoch, so a few explorers a round keep the agent a small share of the clients'
+        compute while the averaged policy still learns from every tier over the rounds."""
+        pool = [c for c in range(self.cfg.clients) if c not in self.fleet.heldout]
+        k = self.cfg.rl_explorers
+        if k == 0 or k >= len(pool):
+            return set(pool)
+        rng = np.random.default_rng([self.cfg.seed, rnd, 0x5EED])
+        return {int(c) for c in rng.choice(pool, size=k, replace=False)}
 
     def merge(self, rnd: int, state: State, replies: dict[int, Reply]) -> tuple[State, Masks]:
         self.policies.update({c: r.policy for c, r in replies.items() if r.policy is not None})
@@ -150,9 +166,10 @@ class FedRLPrune(BudgetedPruning):
             "rl-episodes": result.episodes,
             "rl-updates": result.updates,
             "rl-evaluations": result.evaluations,
-            "rl-val-accuracy": result.val_accuracy,
             "rl-within-budget": int(result.within_budget),
         }
+        if math.isfinite(result.val_accuracy):
+            metrics["rl-val-accuracy"] = result.val_accuracy
         trained = result.policy if result.episodes else None
         return Pruned(apply_masks(state, result.masks), result.masks, metrics, trained)
 

@@ -33,7 +33,8 @@ from fedrlprune.state import Masks, State
 ACTION_RATES = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
 # Samples every candidate is scored on: the same ones all episodes, so two candidates differ by
 # what they prune and not by which samples they drew (benchmarks/reward_noise.py measures it).
-REWARD_SAMPLES = 256
+# Scoring is most of the agent's cost, so this is as few as keep candidates apart.
+REWARD_SAMPLES = 128
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class RLResult:
     masks: Masks
     rates: dict[str, float]
     policy: dict[str, np.ndarray]  # the policy after local training (unchanged if not learning)
-    val_accuracy: float  # the pruned model on the validation split, before local training
+    val_accuracy: float  # the pruned model on the reward sample (nan: not scored)
     within_budget: bool
     episodes: int
     updates: int  # gradient steps the agent took
@@ -147,6 +148,8 @@ def rl_prune(
     agent.set_weights(policy)
     if settings.learn:
         train(env, agent, settings.episodes, settings.eps_start, settings.eps_end)
+    else:
+        score.scoring = False  # a client that does not learn needs the rates, not their score
     info = greedy_rates(env, agent)
     rates = {name: float(r) for name, r in info["rates"].items()}
     new_masks = ranking.masks(rates)
@@ -166,7 +169,7 @@ def rl_prune(
 class SampleScore:
     """The `Score` (accuracy, loss) of the model pruned at given rates on the reward sample,
     in one batched pass. Greedy episodes repeat the same rates, so each rate vector is scored
-    once; `seen` counts the distinct ones."""
+    once; `seen` counts the distinct ones. With `scoring` off an unseen one scores nan."""
 
     def __init__(
         self,
@@ -181,9 +184,12 @@ class SampleScore:
         self.x, self.y = x, y
         self.base = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
         self.seen: dict[tuple[float, ...], Score] = {}
+        self.scoring = True
 
     def __call__(self, rates: dict[str, float]) -> Score:
         key = tuple(rates[name] for name in self.names)
+        if key not in self.seen and not self.scoring:
+            return Score(math.nan, math.nan)
         if key not in self.seen:
             self.seen[key] = self._evaluate(rates)
         return self.seen[key]
