@@ -85,24 +85,25 @@ def table(results: dict[str, dict[int, dict[str, Any]]], command: str) -> str:
     for variant, seeds in results.items():
         for seed, row in sorted(seeds.items()):
             lines.append(f"| {variant} | {seed} | " + " | ".join(_fmt(row[k]) for k in keys) + " |")
-    lines += ["", "| variant | seeds | deployed accuracy, mean ± sd | gap to fedavg (points) |",
-              "| --- | --- | --- | --- |"]  # fmt: skip
-    dense = results.get("fedavg", {})
+    lines += ["", "| variant | seeds | deployed accuracy, mean ± sd | gap to fedavg (points) "
+              "| gain over uniform (points) |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for variant, seeds in results.items():
         accs = [row["deployed"] for row in seeds.values()]
         sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
-        gaps = [
-            100 * (dense[s]["deployed"] - row["deployed"]) for s, row in seeds.items() if s in dense
-        ]
-        gap = (
-            f"{statistics.mean(gaps):.2f} ({', '.join(f'{g:.2f}' for g in gaps)})"
-            if gaps
-            else "n/a"
-        )
+        gap = paired(results.get("fedavg", {}), seeds)
+        gain = paired(seeds, results.get("uniform", {}))
         lines.append(
-            f"| {variant} | {len(accs)} | {statistics.mean(accs):.4f} ± {sd:.4f} | {gap} |"
+            f"| {variant} | {len(accs)} | {statistics.mean(accs):.4f} ± {sd:.4f} | {gap} | {gain} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def paired(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) -> str:
+    """Mean (and per-seed) of a - b in deployed accuracy points, over the seeds both ran."""
+    gaps = [100 * (a[s]["deployed"] - b[s]["deployed"]) for s in sorted(a) if s in b]
+    if not gaps:
+        return "n/a"
+    return f"{statistics.mean(gaps):.2f} ({', '.join(f'{g:.2f}' for g in gaps)})"
 
 
 def _fmt(value: Any) -> str:

@@ -287,3 +287,36 @@ def test_no_layers() -> None:
             evaluate=fake_accuracy,
             client=CLIENT,
         )
+
+
+FACTORS = (0.5, 1.0, 2.0)
+
+
+@pytest.mark.parametrize("budget", [shares(0.3, 0.2), shares(0.05, 0.5), shares(0.6, 0.03)])
+def test_relative_factors_of_one_give_the_uniform_rate_that_fills_the_budget(
+    budget: Budget,
+) -> None:
+    env = make_env(budget, rates=FACTORS, relative=True)
+    *_, info = run(env, [1] * len(LAYERS))
+    rates = list(info["rates"].values())
+    assert max(rates) - min(rates) < 1e-6, "factors of 1 must prune every layer alike"
+    assert info["within_budget"]
+    params, flops = env.cost([rates[0] - 1e-3] * len(LAYERS))  # a hair less: over budget
+    assert not within_budget(budget, flops, params)
+
+
+def test_relative_factors_move_the_rates_and_still_fill_the_budget() -> None:
+    budget = shares(0.3, 0.2)
+    env = make_env(budget, rates=FACTORS, relative=True, floor={"fc2": 0.7})
+    *_, info = run(env, [2, 0, 1, 1])  # conv1 keeps twice the level, conv2 half of it
+    r = info["rates"]
+    assert r["conv1"] < r["fc1"] < r["conv2"] and r["fc2"] >= 0.7
+    assert math.isclose(1 - r["conv1"], 2 * (1 - r["fc1"]), rel_tol=1e-6)
+    assert info["within_budget"]
+    params, _ = env.cost([max(x - 0.01, 0.0) for x in r.values()])
+    assert params > budget.max_params, "a lower level would still fit: the budget is not filled"
+
+
+def test_relative_actions_must_be_positive_factors() -> None:
+    with pytest.raises(ConfigError, match="positive factors"):
+        make_env(rates=(0.0, 1.0), relative=True)

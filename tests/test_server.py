@@ -7,6 +7,7 @@ import torch
 
 from fedrlprune.config import Config
 from fedrlprune.devices import TIERS, training_flops
+from fedrlprune.errors import ConfigError
 from fedrlprune.federation.messages import Reply
 from fedrlprune.federation.server import Federation
 from fedrlprune.fl import protocol
@@ -142,3 +143,14 @@ def test_deployed_clients_carry_their_compact_figures_and_all_three_limits() -> 
     assert per_client[0]["compact_params"] < per_client[1]["compact_params"]
     assert per_client[0]["memory_bytes"] < per_client[1]["memory_bytes"]
     assert per_client[0]["budget_memory_bytes"] == TIERS["mcu"].memory_bytes
+
+
+def test_held_out_clients_are_never_selected_and_fraction_counts_the_others() -> None:
+    fed = _federation(method="fedavg", clients=10, heldout_clients=2, fraction=0.5)
+    picked = [fed.sample(rnd) for rnd in range(1, 31)]
+    assert all(len(p) == 4 for p in picked)  # half of the 8 not held out
+    assert not set().union(*map(set, picked)) & fed.fleet.heldout
+    plain = _federation(method="fedavg", clients=10, fraction=0.5)
+    assert all(len(plain.sample(rnd)) == 5 for rnd in range(1, 4))
+    with pytest.raises(ConfigError, match="heldout_clients"):
+        Config.from_dict({"clients": 3, "heldout_clients": 3})

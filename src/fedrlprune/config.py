@@ -24,7 +24,7 @@ from fedrlprune.federation.aggregation import RULES, UNKEPT
 from fedrlprune.methods import METHODS
 from fedrlprune.pruning.masks import MODES
 from fedrlprune.rl.agent import TARGETS
-from fedrlprune.rl.env import REWARDS
+from fedrlprune.rl.env import ACTIONS, REWARDS
 from fedrlprune.rl.federation import POLICIES
 from fedrlprune.training import LR_SCHEDULES
 
@@ -188,7 +188,9 @@ class Config:
         "rate for everyone, the traditional baseline; `fedrlprune` always keeps budgets)",
     )
     rl_episodes: int = _key(
-        12, "`fedrlprune`: DQN episodes each exploring client trains per pruning round", lo=1,
+        12,
+        "`fedrlprune`: DQN episodes each exploring client trains per pruning round",
+        lo=1,
         hi=10_000,
     )
     rl_explorers: int = _key(
@@ -217,6 +219,13 @@ class Config:
         "the DQN's targets: `bootstrap` (Double DQN from the target net) or `monte_carlo` "
         "(each step regressed on its episode's return, the ablation)",
         choices=TARGETS,
+    )
+    rl_actions: str = _key(
+        "relative",
+        "what the policy's action is: `relative`, a factor on each layer's kept share at the "
+        "level where one rate for all layers fills the budget (all 1 is `uniform`); `rates`, "
+        "the layer's pruning rate itself (AMC's action, the ablation)",
+        choices=ACTIONS,
     )
     rl_policy: str = _key(
         "federated",
@@ -253,7 +262,10 @@ class Config:
         "work alone, not only inside larger ones (the sandwich rule of slimmable networks)",
     )
     heldout_clients: int = _key(
-        0, "clients that never train the policy and use it as it is (zero-shot)", lo=0
+        0,
+        "clients that train neither the model nor the policy: at the end they get both and "
+        "prune for their own budget (zero-shot)",
+        lo=0,
     )
     eval_every: int = _key(1, "evaluate the global model every N rounds (and the last)", lo=1)
     round_timeout: float = _key(
@@ -324,8 +336,8 @@ class Config:
         return cls.from_dict(values)
 
     def per_round(self) -> int:
-        """Clients selected each round: `fraction` of them, at least one."""
-        return max(1, round(self.fraction * self.clients))
+        """Clients selected each round: `fraction` of those not held out, at least one."""
+        return max(1, round(self.fraction * (self.clients - self.heldout_clients)))
 
     def skip_list(self) -> list[str] | None:
         """`prune_skip` as `pruning_targets` takes it: None = the head, [] = nothing."""
@@ -444,10 +456,16 @@ def _check_together(cfg: Config) -> Config:
             f"partition 'natural' is the split dataset 'synthetic' is generated with; "
             f"{cfg.dataset!r} has none, so set partition to iid, dirichlet or pathological."
         )
+    if cfg.heldout_clients >= cfg.clients:
+        raise ConfigError(
+            f"config key 'heldout_clients' = {cfg.heldout_clients} leaves none of the "
+            f"{cfg.clients} clients to train the model; hold out fewer than `clients`."
+        )
     if cfg.min_clients > cfg.per_round():
         raise ConfigError(
             f"config key 'min_clients' = {cfg.min_clients} is more than the {cfg.per_round()} "
-            f"clients selected each round (clients={cfg.clients} x fraction={cfg.fraction:g}), "
+            f"clients selected each round ({cfg.clients - cfg.heldout_clients} clients not held "
+            f"out x fraction={cfg.fraction:g}), "
             "so no round could ever update the model; lower min_clients or raise fraction."
         )
     return cfg

@@ -100,9 +100,11 @@ class Federation:
         return missed
 
     def sample(self, rnd: int) -> list[int]:
-        """The clients of round `rnd`, in client order (the same for the same seed)."""
-        size = self.cfg.per_round()
-        return sorted(self.rng.choice(self.cfg.clients, size=size, replace=False).tolist())
+        """The clients of round `rnd`, in client order (the same for the same seed): `fraction`
+        of those not held out (held-out clients train nothing; they only deploy)."""
+        pool = [c for c in range(self.cfg.clients) if c not in self.fleet.heldout]
+        chosen = self.rng.choice(len(pool), size=self.cfg.per_round(), replace=False)
+        return sorted(pool[i] for i in chosen)
 
     def orders(self, rnd: int, chosen: list[int]) -> dict[int, Orders]:
         """What each chosen client gets: the global model under the method's mask for it, and

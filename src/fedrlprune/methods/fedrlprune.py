@@ -32,7 +32,7 @@ from fedrlprune.rl.federation import PolicyStore
 from fedrlprune.rl.prune import (
     RLSettings,
     client_features,
-    new_agent,
+    initial_policy,
     policy_layout,
     reward_sample,
     rl_prune,
@@ -50,7 +50,7 @@ class FedRLPrune(BudgetedPruning):
 
     def __init__(self, cfg: Config, fleet: Fleet) -> None:
         super().__init__(cfg, fleet)
-        initial = new_agent(cfg.seed).get_weights()
+        initial = initial_policy(cfg.seed, cfg.rl_actions)
         self.policies = PolicyStore(initial, cfg.rl_policy, fleet.trainer)
 
     # --------------------------------------------------------------------------- server side
@@ -184,6 +184,7 @@ class FedRLPrune(BudgetedPruning):
             lr=cfg.rl_lr,
             learn=rl.learn,
             targets=cfg.rl_targets,
+            actions=cfg.rl_actions,
             rate_scale=rl.rate_scale,
             seed=cfg.seed * 7_919 + rnd * 101 + cid,
         )

@@ -23,9 +23,11 @@ from torch import nn
 from fedrlprune.devices import Budget, within_budget
 from fedrlprune.errors import ConfigError
 from fedrlprune.pruning.metrics import layer_flops, prunable_layers
+from fedrlprune.pruning.schedule import MAX_RATE
 
 RATES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 REWARDS = ("acc_cost", "amc")
+ACTIONS = ("relative", "rates")  # `rl_actions`: a factor on the uniform level, or a rate
 OBS_DIM = 22
 
 
@@ -98,7 +100,9 @@ class PruningEnv(gym.Env[np.ndarray, int]):
     `counter` gives the (params, FLOPs) of per-layer rates where counting each layer's own
     weights is not the cost (structured pruning: a removed channel also removes the next
     layer's inputs). With `fill_budget` the episode's rates are eased off at its end until the
-    model uses its whole budget (`filled`).
+    model uses its whole budget (`filled`). With `relative` an action is not a rate but a
+    factor on the kept share of one level that fills the budget (`relative_fill`): all
+    factors 1 is the uniform rule, so the policy learns where to depart from it.
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class PruningEnv(gym.Env[np.ndarray, int]):
         rates: Sequence[float] = RATES,
         counter: Callable[[dict[str, float]], tuple[int, int]] | None = None,
         fill_budget: bool = False,
+        relative: bool = False,
     ) -> None:
         if not layers:
             raise ConfigError("the pruning env needs at least one layer to prune; got none")
@@ -127,7 +132,9 @@ class PruningEnv(gym.Env[np.ndarray, int]):
             raise ConfigError(
                 f"total_params and total_flops must be positive, got {total_params}, {total_flops}"
             )
-        if not rates or not all(0 <= r < 1 for r in rates):
+        if relative and not (rates and all(r > 0 for r in rates)):
+            raise ConfigError(f"relative actions must be positive factors, got {rates}")
+        if not relative and not (rates and all(0 <= r < 1 for r in rates)):
             raise ConfigError(f"pruning rates must be a non-empty list in [0, 1), got {rates}")
         names = [layer.name for layer in layers]
         floor = dict(floor or {})
@@ -150,10 +157,13 @@ class PruningEnv(gym.Env[np.ndarray, int]):
         self.rates = tuple(float(r) for r in rates)
         self.counter = counter
         self.fill_budget = fill_budget
+        self.relative = relative
         self.action_space = gym.spaces.Discrete(len(self.rates))
         self.observation_space = gym.spaces.Box(0.0, 1.0, (OBS_DIM,), np.float32)
 
         self._chosen: list[float] = []  # effective rates of the layers done so far
+        self._factors: list[float] = []  # relative: the factors chosen so far
+        self._level = 1.0  # relative: the kept share at which uniform fills the budget
         self._max_in = max(layer.in_ch for layer in self.layers)
         self._max_out = max(layer.out_ch for layer in self.layers)
         self._max_kernel = max(layer.kernel for layer in self.layers)
@@ -237,7 +247,9 @@ class PruningEnv(gym.Env[np.ndarray, int]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        self._chosen = []
+        self._chosen, self._factors = [], []
+        if self.relative:
+            self._level = self._fill_level([1.0] * len(self.layers))
         return self._observation(), {}
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -246,13 +258,20 @@ class PruningEnv(gym.Env[np.ndarray, int]):
         t = len(self._chosen)
         if t >= len(self.layers):
             raise RuntimeError("the episode is over; call reset() before stepping again")
-        rate = max(self.rates[int(action)], self.floor[t], self._wall(t))
+        if self.relative:  # the rate the factor gives at the uniform level, for the observation
+            self._factors.append(self.rates[int(action)])
+            rate = self._relative_rates(self._factors, self._level)[t]
+        else:
+            rate = max(self.rates[int(action)], self.floor[t], self._wall(t))
         self._chosen.append(rate)
         info: dict[str, Any] = {"rate": rate}
         if len(self._chosen) < len(self.layers):
             return self._observation(), 0.0, False, False, info
 
-        final = self.filled(self._chosen) if self.fill_budget else self._chosen
+        if self.relative:
+            final = self.relative_fill(self._factors)
+        else:
+            final = self.filled(self._chosen) if self.fill_budget else self._chosen
         rates = {layer.name: r for layer, r in zip(self.layers, final, strict=True)}
         params, flops = self.cost(final)
         score = self.evaluate(rates)
@@ -289,6 +308,33 @@ class PruningEnv(gym.Env[np.ndarray, int]):
             middle = (low + high) / 2
             low, high = (low, middle) if fits(at(middle)) else (middle, high)
         return at(high)
+
+    def _relative_rates(self, factors: Sequence[float], level: float) -> list[float]:
+        """Layer i keeps factors[i] x level of its units (never above what its mask keeps,
+        never below 1 - MAX_RATE)."""
+        return [
+            min(max(1.0 - f * level, floor), MAX_RATE)
+            for f, floor in zip(factors, self.floor, strict=False)
+        ]
+
+    def _fill_level(self, factors: Sequence[float]) -> float:
+        """The largest level at which the factors' rates fit the budget (0 when none does)."""
+
+        def fits(level: float) -> bool:
+            params, flops = self.cost(self._relative_rates(factors, level))
+            return within_budget(self.budget, flops, params)
+
+        low, high = 0.0, 1.0 / min(factors)
+        if fits(high):
+            return high
+        for _ in range(30):
+            middle = (low + high) / 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        return low
+
+    def relative_fill(self, factors: Sequence[float]) -> list[float]:
+        """The rates of `factors` at the level that uses the whole budget."""
+        return self._relative_rates(factors, self._fill_level(factors))
 
     def reward(self, score: Score, flops: float, params: float) -> float:
         """`acc_cost`: accuracy minus loss minus `cost_weight` times the cost, the mean share of

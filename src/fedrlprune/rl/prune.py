@@ -31,6 +31,10 @@ from fedrlprune.state import Masks, State
 # the schedule's share of the way (cubic, as for `magnitude`), so early steps cannot prune a
 # barely trained model to nothing before its accuracy can tell good choices from bad.
 ACTION_RATES = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+# `rl_actions = "relative"` (the default): an action is a factor on a layer's kept share at the
+# level where one rate for all layers fills the budget (1: the `uniform` rule). As many as the
+# rates, so one Q-network serves both; finer near 1, where good departures lie.
+ACTION_FACTORS = (0.3, 0.45, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0)
 # Samples every candidate is scored on: the same ones all episodes, so two candidates differ by
 # what they prune and not by which samples they drew (benchmarks/reward_noise.py measures it).
 # Scoring is most of the agent's cost, so this is as few as keep candidates apart.
@@ -49,6 +53,7 @@ class RLSettings:
     seed: int
     rate_scale: float = 1.0  # the schedule's share of the way at this step (1 at the end)
     targets: str = "bootstrap"  # the agent's targets (`rl_targets`)
+    actions: str = "relative"  # what an action is (`rl_actions`)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,22 @@ def new_agent(seed: int, lr: float = 1e-3, targets: str = "bootstrap") -> DQNAge
         targets=targets,
     )
     return DQNAgent(OBS_DIM, len(ACTION_RATES), cfg, seed=seed)
+
+
+# How much more the initial policy values the factor 1 (the uniform rule) than any other: an
+# untrained policy then prunes as `uniform` does, and departs from it only where an explored
+# factor earned more; the learned Q-values replace the prior as the visited ones converge.
+UNIFORM_PRIOR = 1.0
+
+
+def initial_policy(seed: int, actions: str = "relative") -> dict[str, np.ndarray]:
+    """The universal policy before any client trained it (relative: leaning to uniform)."""
+    weights = new_agent(seed).get_weights()
+    if actions == "relative":
+        bias = list(weights)[-1]  # the output layer's bias: one entry per action
+        weights[bias] = weights[bias].copy()
+        weights[bias][ACTION_FACTORS.index(1.0)] += UNIFORM_PRIOR
+    return weights
 
 
 def reward_sample(
@@ -139,9 +160,14 @@ def rl_prune(
         floor={k: min(v, max(ACTION_RATES)) for k, v in floor.items()},
         reward=settings.reward,
         cost_weight=settings.cost_weight,
-        rates=[settings.rate_scale * r for r in ACTION_RATES],
+        rates=(
+            ACTION_FACTORS
+            if settings.actions == "relative"
+            else [settings.rate_scale * r for r in ACTION_RATES]
+        ),
         counter=cost.at_rates if cost is not None and mode == "structured" else None,
         fill_budget=True,
+        relative=settings.actions == "relative",
     )
     env.reset(seed=settings.seed)
     agent = new_agent(settings.seed, settings.lr, settings.targets)
