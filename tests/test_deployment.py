@@ -366,9 +366,7 @@ def _check_run(out: Path, summary: dict[str, Any], method: str) -> list[dict[str
     return rows
 
 
-def test_fedrlprune_and_fedavg_run_on_the_deployment_engine(
-    federation: Federation, tmp_path: Path
-) -> None:
+def test_fedrlprune_runs_on_the_deployment_engine(federation: Federation, tmp_path: Path) -> None:
     # a SuperNode whose key was never registered is refused (tried beside the first run)
     rogue = tmp_path / "rogue"
     subprocess.run(
@@ -400,13 +398,7 @@ def test_fedrlprune_and_fedavg_run_on_the_deployment_engine(
     assert summary["rl_episodes_total"] > 0, "no SuperNode ran the pruning agent"
     assert summary["deployed_param_reduction"] > 1.0, "the deployed models were not pruned"
     assert not summary["dropped_clients"]
-
-    out = tmp_path / "fedavg"
-    summary = federation.finish(federation.run(out, method="fedavg"), out)
-    rows = _check_run(out, summary, "fedavg")
-    assert all(int(r["clients_replied"]) == NODES for r in rows)
-    assert summary["nonzero_params"] == summary["dense_params"]
-    assert not summary["dropped_clients"]
+    # (fedavg on the deployment engine: the next test's run, which one SuperNode leaves)
 
 
 def test_a_supernode_killed_mid_round_is_dropped_and_the_run_completes(
@@ -428,6 +420,7 @@ def test_a_supernode_killed_mid_round_is_dropped_and_the_run_completes(
     summary = federation.finish(proc, out)
 
     rows = _check_run(out, summary, "fedavg")
+    assert summary["nonzero_params"] == summary["dense_params"]
     assert [int(r["clients_replied"]) for r in rows] == [NODES - 1] * 2
     assert [r["clients_dropped"] for r in rows] == [str(victim)] * 2
     assert summary["failed_clients"] == [victim]

@@ -22,6 +22,8 @@ from fedrlprune.federation.checkpoint import (
 )
 from fedrlprune.rl.prune import new_agent
 
+pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for the module's runs (conftest)
+
 # ------------------------------------------------------------------------- the checkpoint
 
 

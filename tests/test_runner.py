@@ -13,6 +13,8 @@ from fedrlprune.config import Config
 from fedrlprune.errors import FedRLPruneError
 from fedrlprune.experiments.runner import run_experiment
 
+pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for the module's runs (conftest)
+
 # digits ships with scikit-learn: a real dataset with no files, small enough for a test.
 TINY = {
     "dataset": "digits",

@@ -154,3 +154,11 @@ def test_held_out_clients_are_never_selected_and_fraction_counts_the_others() ->
     assert all(len(plain.sample(rnd)) == 5 for rnd in range(1, 4))
     with pytest.raises(ConfigError, match="heldout_clients"):
         Config.from_dict({"clients": 3, "heldout_clients": 3})
+
+
+def test_a_held_out_tier_holds_out_every_client_of_it_and_only_it() -> None:
+    fed = _federation(method="fedavg", clients=12, heldout_tier="sbc", heldout_clients=1)
+    sbc = {r.cid for r in fed.fleet.clients if r.tier == "sbc"}
+    assert sbc and sbc < fed.fleet.heldout and len(fed.fleet.heldout) == len(sbc) + 1
+    assert fed.cfg.per_round() == 12 - len(sbc) - 1
+    assert all(not set(fed.sample(rnd)) & fed.fleet.heldout for rnd in range(1, 11))

@@ -19,6 +19,7 @@ import tomli_w
 
 from fedrlprune.data.loaders import DATASETS
 from fedrlprune.data.partition import PARTITIONS
+from fedrlprune.devices import TIERS, assign_tiers
 from fedrlprune.errors import ConfigError
 from fedrlprune.federation.aggregation import RULES, UNKEPT
 from fedrlprune.methods import METHODS
@@ -267,6 +268,13 @@ class Config:
         "prune for their own budget (zero-shot)",
         lo=0,
     )
+    heldout_tier: str = _key(
+        "",
+        "a device tier whose clients are all held out as `heldout_clients` are (those are then "
+        "drawn among the other tiers), so the policy must serve a budget level no training "
+        "client had; empty: none",
+        choices=("", *TIERS),
+    )
     eval_every: int = _key(1, "evaluate the global model every N rounds (and the last)", lo=1)
     round_timeout: float = _key(
         0.0,
@@ -335,9 +343,14 @@ class Config:
             values[key.strip()] = _parse_override(key.strip(), raw.strip())
         return cls.from_dict(values)
 
+    def heldout_count(self) -> int:
+        """How many clients are held out: `heldout_clients` and every client of `heldout_tier`."""
+        tiers = assign_tiers(self.clients, self.device_mix, self.seed) if self.heldout_tier else []
+        return self.heldout_clients + tiers.count(self.heldout_tier)
+
     def per_round(self) -> int:
         """Clients selected each round: `fraction` of those not held out, at least one."""
-        return max(1, round(self.fraction * (self.clients - self.heldout_clients)))
+        return max(1, round(self.fraction * (self.clients - self.heldout_count())))
 
     def skip_list(self) -> list[str] | None:
         """`prune_skip` as `pruning_targets` takes it: None = the head, [] = nothing."""
@@ -456,15 +469,16 @@ def _check_together(cfg: Config) -> Config:
             f"partition 'natural' is the split dataset 'synthetic' is generated with; "
             f"{cfg.dataset!r} has none, so set partition to iid, dirichlet or pathological."
         )
-    if cfg.heldout_clients >= cfg.clients:
+    if cfg.heldout_count() >= cfg.clients:
         raise ConfigError(
-            f"config key 'heldout_clients' = {cfg.heldout_clients} leaves none of the "
-            f"{cfg.clients} clients to train the model; hold out fewer than `clients`."
+            f"heldout_clients = {cfg.heldout_clients} and heldout_tier = {cfg.heldout_tier!r} "
+            f"hold out {cfg.heldout_count()} of the {cfg.clients} clients, leaving none to "
+            "train the model; hold out fewer."
         )
     if cfg.min_clients > cfg.per_round():
         raise ConfigError(
             f"config key 'min_clients' = {cfg.min_clients} is more than the {cfg.per_round()} "
-            f"clients selected each round ({cfg.clients - cfg.heldout_clients} clients not held "
+            f"clients selected each round ({cfg.clients - cfg.heldout_count()} clients not held "
             f"out x fraction={cfg.fraction:g}), "
             "so no round could ever update the model; lower min_clients or raise fraction."
         )

@@ -153,7 +153,9 @@ class Fleet:
         tiers = assign_tiers(cfg.clients, cfg.device_mix, cfg.seed)
         self.clients = [self._record(cid, tier) for cid, tier in enumerate(tiers)]
         order = np.random.default_rng(cfg.seed + 17).permutation(cfg.clients)
-        self.heldout = {int(c) for c in order[: cfg.heldout_clients]}
+        tier_out = {c for c, tier in enumerate(tiers) if tier == cfg.heldout_tier}
+        others = [int(c) for c in order if c not in tier_out]
+        self.heldout = tier_out | set(others[: cfg.heldout_clients])
         # `rl_policy = "central"`: the one client that trains the agent (the first not held out).
         self.trainer = min((c for c in range(cfg.clients) if c not in self.heldout), default=0)
 
