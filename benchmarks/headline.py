@@ -112,13 +112,32 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def write_finished(out: Path, variants: list[str], seeds: int, command: str) -> None:
+    """headline.md and .json from the runs that finished (a benchmark still under way)."""
+    kept: dict[str, dict[int, dict[str, Any]]] = {}
+    for variant in variants:
+        for seed in range(seeds):
+            done = out / "runs" / f"{variant}-seed{seed}" / "summary.json"
+            if done.is_file():
+                kept.setdefault(variant, {})[seed] = figures(json.loads(done.read_text()))
+    (out / "headline.json").write_text(json.dumps(kept, indent=2) + "\n")
+    (out / "headline.md").write_text(table(kept, command))
+    print((out / "headline.md").read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/headline"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="K=V")
+    parser.add_argument(
+        "--table-only", action="store_true", help="write the table of the finished runs, run none"
+    )
     args = parser.parse_args()
+    if args.table_only:
+        write_finished(args.out, args.variants, args.seeds, "python benchmarks/headline.py")
+        return
     command = " ".join(["python benchmarks/headline.py", *sys.argv[1:]])
     results: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in args.variants}
     with ray_session():

@@ -22,6 +22,8 @@ from fedrlprune.models import build_model
 from fedrlprune.pruning.masks import apply_masks
 from fedrlprune.training import as_tensors
 
+pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for every simulation (conftest)
+
 
 def test_readjustments_follow_the_official_interval_until_half_the_run() -> None:
     # dst.py: 0-based rounds r with (r - 1) % 10 == 0 while r < rounds // 2; ours are 1-based.

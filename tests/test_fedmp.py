@@ -10,6 +10,8 @@ from fedrlprune.experiments.runner import run_experiment
 from fedrlprune.federation.aggregation import aggregate_sparse
 from fedrlprune.methods import fedmp
 
+pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for every simulation (conftest)
+
 
 def test_every_arm_is_tried_once_in_order_then_the_best_bound_wins() -> None:
     bandit = fedmp.DiscountedUCB([0.2, 0.5], discount=0.5, explore=0.5)

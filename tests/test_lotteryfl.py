@@ -15,6 +15,8 @@ from fedrlprune.methods.base import ClientData
 from fedrlprune.methods.lotteryfl import LotteryFL
 from fedrlprune.training import get_state
 
+pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for every simulation (conftest)
+
 
 def test_prune_only_when_good_enough_and_not_yet_sparse_enough() -> None:
     assert lotteryfl.should_prune(0.6, 0.5, 0.2, 0.5)

@@ -21,6 +21,8 @@ from fedrlprune.models import build_model
 from fedrlprune.pruning.masks import apply_masks
 from fedrlprune.training import as_tensors
 
+pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for every simulation (conftest)
+
 
 def test_readjust_drops_the_weakest_kept_weights_unless_their_importance_pays() -> None:
     # decrease 0.5 of 4 kept: |w| 0.1 and 0.2 are candidates; 0.3 and 0.4 stay.

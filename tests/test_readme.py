@@ -8,6 +8,8 @@ import pytest
 
 from fedrlprune.config import Config, keys_markdown
 
+pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for every simulation (conftest)
+
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()

@@ -22,7 +22,7 @@ from fedrlprune.federation.checkpoint import (
 )
 from fedrlprune.rl.prune import new_agent
 
-pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for the module's runs (conftest)
+pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for every simulation (conftest)
 
 # ------------------------------------------------------------------------- the checkpoint
 

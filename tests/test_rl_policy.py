@@ -2,7 +2,11 @@
 
 from pathlib import Path
 
+import pytest
+
 from fedrlprune.experiments.runner import run_experiment
+
+pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for every simulation (conftest)
 
 TINY = {
     "dataset": "digits",

@@ -13,7 +13,7 @@ from fedrlprune.config import Config
 from fedrlprune.errors import FedRLPruneError
 from fedrlprune.experiments.runner import run_experiment
 
-pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for the module's runs (conftest)
+pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for every simulation (conftest)
 
 # digits ships with scikit-learn: a real dataset with no files, small enough for a test.
 TINY = {
