@@ -31,6 +31,15 @@ ACTIONS = ("relative", "rates")  # `rl_actions`: a factor on the uniform level, 
 OBS_DIM = 22
 
 
+def fitting_edge(fits: Callable[[float], bool], good: float, bad: float, steps: int = 30) -> float:
+    """Bisection between a point that fits (`good`) and one that does not (`bad`), for a
+    monotone `fits`: the point nearest `bad` that still fits, to 2**-steps of the interval."""
+    for _ in range(steps):
+        middle = (good + bad) / 2
+        good, bad = (middle, bad) if fits(middle) else (good, middle)
+    return good
+
+
 class Score(NamedTuple):
     """A pruned model on the client's reward sample: accuracy (0..1) and mean cross-entropy.
     The loss is the smooth part: it moves with every sample's confidence, not only with the
@@ -303,11 +312,9 @@ class PruningEnv(gym.Env[np.ndarray, int]):
 
         if not fits(list(chosen)):
             return list(chosen)  # the budget is out of reach: keep what the wall gave
-        low, high = 0.0, 1.0
-        for _ in range(30):
-            middle = (low + high) / 2
-            low, high = (low, middle) if fits(at(middle)) else (middle, high)
-        return at(high)
+        if fits(at(0.0)):
+            return at(0.0)
+        return at(fitting_edge(lambda s: fits(at(s)), good=1.0, bad=0.0))
 
     def _relative_rates(self, factors: Sequence[float], level: float) -> list[float]:
         """Layer i keeps factors[i] x level of its units (never above what its mask keeps,
@@ -324,13 +331,8 @@ class PruningEnv(gym.Env[np.ndarray, int]):
             params, flops = self.cost(self._relative_rates(factors, level))
             return within_budget(self.budget, flops, params)
 
-        low, high = 0.0, 1.0 / min(factors)
-        if fits(high):
-            return high
-        for _ in range(30):
-            middle = (low + high) / 2
-            low, high = (middle, high) if fits(middle) else (low, middle)
-        return low
+        high = 1.0 / min(factors)
+        return high if fits(high) else fitting_edge(fits, good=0.0, bad=high)
 
     def relative_fill(self, factors: Sequence[float]) -> list[float]:
         """The rates of `factors` at the level that uses the whole budget."""
