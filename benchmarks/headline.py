@@ -12,7 +12,9 @@ and can span sessions. After every run the table is rewritten:
 writes `headline.md` and `headline.json`: per seed and variant the deployed models' mean
 accuracy on the global test set, per tier, on held-out clients, the measured latency speed-up
 and budget satisfaction (checked on the compact models); then mean ± sd over the seeds and each
-variant's gap to dense FedAvg, in points.
+variant's gap to dense FedAvg, in points. `--variants local heldout_sbc heldout_sbc_local
+central monte_carlo` runs issue 14's ablations (`ABLATIONS`, each fedrlprune with one setting
+changed) into the same folder; the table shows every finished run there.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,17 @@ from fedrlprune.fl.simulation import ray_session
 
 CONFIG = "configs/method-cnn.toml"
 VARIANTS = ("fedavg", "fedrlprune", "uniform", "lamp")
+# Issue 14's ablations, each a fedrlprune run with one setting changed: the policy trained by
+# each client alone (`local`: a held-out client then prunes with the untrained policy) or by
+# one client (`central`), Monte-Carlo targets, and a held-out tier (every `sbc` client, and no
+# other, trains neither model nor policy) with the federated and the local policy.
+ABLATIONS = {
+    "local": ["rl_policy=local"],
+    "central": ["rl_policy=central"],
+    "monte_carlo": ["rl_targets=monte_carlo"],
+    "heldout_sbc": ["heldout_tier=sbc", "heldout_clients=0"],
+    "heldout_sbc_local": ["heldout_tier=sbc", "heldout_clients=0", "rl_policy=local"],
+}
 
 
 def figures(summary: dict[str, Any]) -> dict[str, Any]:
@@ -57,17 +69,18 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(variant: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:
-    """One run, or its kept summary when it already finished."""
+def run(variant: str, seed: int, out: Path, extra: list[str]) -> None:
+    """One run into `out`/runs, unless its summary is already there."""
     folder = out / "runs" / f"{variant}-seed{seed}"
     done = folder / "summary.json"
     if not done.is_file():
-        cfg = Config.load(CONFIG, [f"method={variant}", f"seed={seed}", *extra])
+        method = "fedrlprune" if variant in ABLATIONS else variant
+        changes = ABLATIONS.get(variant, [])
+        cfg = Config.load(CONFIG, [f"method={method}", f"seed={seed}", *changes, *extra])
         shutil.rmtree(folder, ignore_errors=True)
         run_experiment(cfg, out_dir=folder, live=False)
         for junk in ("checkpoint.npz", "global_model.pt"):
             (folder / junk).unlink(missing_ok=True)
-    return figures(json.loads(done.read_text()))
 
 
 def table(results: dict[str, dict[int, dict[str, Any]]], command: str) -> str:
@@ -76,7 +89,7 @@ def table(results: dict[str, dict[int, dict[str, Any]]], command: str) -> str:
     lines = [
         "# Headline: structured fedrlprune against dense FedAvg and the fixed rules",
         "",
-        f"Command: `{command}`. Settings: `{CONFIG}`, structured (`prune_mode = auto`).",
+        f"Command: {command}. Settings: `{CONFIG}`, structured (`prune_mode = auto`).",
         f"Machine: {machine_line()}.",
         "",
         "| variant | seed | " + " | ".join(keys) + " |",
@@ -85,17 +98,24 @@ def table(results: dict[str, dict[int, dict[str, Any]]], command: str) -> str:
     for variant, seeds in results.items():
         for seed, row in sorted(seeds.items()):
             lines.append(f"| {variant} | {seed} | " + " | ".join(_fmt(row[k]) for k in keys) + " |")
-    lines += ["", "| variant | seeds | deployed accuracy, mean ± sd | gap to fedavg (points) "
-              "| gain over uniform (points) |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += ["", "| variant | seeds | deployed accuracy, mean ± sd | held-out clients, mean ± sd "
+              "| gap to fedavg (points) | gain over uniform (points) |",
+              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for variant, seeds in results.items():
-        accs = [row["deployed"] for row in seeds.values()]
-        sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+        deployed = spread([row["deployed"] for row in seeds.values()])
+        heldout = spread([row["heldout"] for row in seeds.values() if row["heldout"] is not None])
         gap = paired(results.get("fedavg", {}), seeds)
         gain = paired(seeds, results.get("uniform", {}))
-        lines.append(
-            f"| {variant} | {len(accs)} | {statistics.mean(accs):.4f} ± {sd:.4f} | {gap} | {gain} |"
-        )
+        lines.append(f"| {variant} | {len(seeds)} | {deployed} | {heldout} | {gap} | {gain} |")
     return "\n".join(lines) + "\n"
+
+
+def spread(values: list[float]) -> str:
+    """'mean ± sd' (sd n/a for one value)."""
+    if not values:
+        return "n/a"
+    sd = f"{statistics.stdev(values):.4f}" if len(values) > 1 else "n/a"
+    return f"{statistics.mean(values):.4f} ± {sd}"
 
 
 def paired(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) -> str:
@@ -112,8 +132,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def write_finished(out: Path, variants: list[str], seeds: int, command: str) -> None:
-    """headline.md and .json from the runs that finished (a benchmark still under way)."""
+def write_finished(
+    out: Path, variants: list[str], seeds: int, command: str, echo: bool = True
+) -> None:
+    """headline.md and .json from the runs of `variants` that finished under `out`."""
     kept: dict[str, dict[int, dict[str, Any]]] = {}
     for variant in variants:
         for seed in range(seeds):
@@ -122,33 +144,38 @@ def write_finished(out: Path, variants: list[str], seeds: int, command: str) -> 
                 kept.setdefault(variant, {})[seed] = figures(json.loads(done.read_text()))
     (out / "headline.json").write_text(json.dumps(kept, indent=2) + "\n")
     (out / "headline.md").write_text(table(kept, command))
-    print((out / "headline.md").read_text())
+    if echo:
+        print((out / "headline.md").read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/headline"))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *ABLATIONS]
+    )
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="K=V")
     parser.add_argument(
         "--table-only", action="store_true", help="write the table of the finished runs, run none"
     )
     args = parser.parse_args()
+    command = (
+        "`python benchmarks/headline.py` (ablations: `python benchmarks/headline.py --variants "
+        + " ".join(ABLATIONS)
+        + "`)"
+    )
+    shown = [*VARIANTS, *ABLATIONS]  # the table keeps every finished run in --out
     if args.table_only:
-        write_finished(args.out, args.variants, args.seeds, "python benchmarks/headline.py")
+        write_finished(args.out, shown, args.seeds, command)
         return
-    command = " ".join(["python benchmarks/headline.py", *sys.argv[1:]])
-    results: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in args.variants}
     with ray_session():
         for seed in range(args.seeds):
             for variant in args.variants:
                 print(f"headline: {variant} seed {seed} ...", flush=True)
-                results[variant][seed] = run(variant, seed, args.out, args.extra)
-                kept = {v: s for v, s in results.items() if s}
-                (args.out / "headline.json").write_text(json.dumps(kept, indent=2) + "\n")
-                (args.out / "headline.md").write_text(table(kept, command))
-    print((args.out / "headline.md").read_text())
+                run(variant, seed, args.out, args.extra)
+                write_finished(args.out, shown, args.seeds, command, echo=False)
+    write_finished(args.out, shown, args.seeds, command)
 
 
 if __name__ == "__main__":

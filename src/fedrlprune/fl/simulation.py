@@ -20,7 +20,8 @@ def _ray_init_args() -> dict[str, Any]:
     quiet = {"logging_level": "error", "log_to_driver": False}
     if os.environ.get("RAY_ADDRESS"):
         return {"address": os.environ["RAY_ADDRESS"], **quiet}
-    return {"num_cpus": os.cpu_count() or 1, **quiet}
+    # No dashboard: its processes compete with the clients for the cores while a run starts.
+    return {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, **quiet}
 
 
 @contextmanager
@@ -43,7 +44,6 @@ def ray_session() -> Iterator[None]:
         pythonpath = os.pathsep.join([*sys.path, os.environ.get("PYTHONPATH", "")])
         os.environ["PYTHONPATH"] = pythonpath  # what Flower gives its workers, too
         ray.init(
-            include_dashboard=False,
             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
             **_ray_init_args(),
         )
