@@ -57,6 +57,7 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
     }
     return {
         "deployed": summary["deployed_accuracy_mean"],
+        "global": summary["final_accuracy"],  # the model every deployed one is cut from
         "heldout": summary.get("deployed_accuracy_heldout"),
         **{f"acc_{t}": a for t, a in tiers.items()},
         "speedup": summary.get("deployed_latency_speedup"),
@@ -99,14 +100,18 @@ def table(results: dict[str, dict[int, dict[str, Any]]], command: str) -> str:
         for seed, row in sorted(seeds.items()):
             lines.append(f"| {variant} | {seed} | " + " | ".join(_fmt(row[k]) for k in keys) + " |")
     lines += ["", "| variant | seeds | deployed accuracy, mean ± sd | held-out clients, mean ± sd "
-              "| gap to fedavg (points) | gain over uniform (points) |",
-              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+              "| gap to fedavg (points) | gain over uniform (points) "
+              "| deployed - global model (points) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for variant, seeds in results.items():
         deployed = spread([row["deployed"] for row in seeds.values()])
         heldout = spread([row["heldout"] for row in seeds.values() if row["heldout"] is not None])
         gap = paired(results.get("fedavg", {}), seeds)
         gain = paired(seeds, results.get("uniform", {}))
-        lines.append(f"| {variant} | {len(seeds)} | {deployed} | {heldout} | {gap} | {gain} |")
+        cut = points([100 * (seeds[k]["deployed"] - seeds[k]["global"]) for k in sorted(seeds)])
+        lines.append(
+            f"| {variant} | {len(seeds)} | {deployed} | {heldout} | {gap} | {gain} | {cut} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -120,10 +125,14 @@ def spread(values: list[float]) -> str:
 
 def paired(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) -> str:
     """Mean (and per-seed) of a - b in deployed accuracy points, over the seeds both ran."""
-    gaps = [100 * (a[s]["deployed"] - b[s]["deployed"]) for s in sorted(a) if s in b]
-    if not gaps:
+    return points([100 * (a[s]["deployed"] - b[s]["deployed"]) for s in sorted(a) if s in b])
+
+
+def points(values: list[float]) -> str:
+    """'mean (per seed)' of differences in points."""
+    if not values:
         return "n/a"
-    return f"{statistics.mean(gaps):.2f} ({', '.join(f'{g:.2f}' for g in gaps)})"
+    return f"{statistics.mean(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})"
 
 
 def _fmt(value: Any) -> str:

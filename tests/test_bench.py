@@ -3,6 +3,7 @@
 import csv
 import json
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -323,6 +324,23 @@ def test_runs_go_seed_by_seed_and_stop_at_the_time_budget(
     assert "time budget" in (tmp_path / "b" / "table.md").read_text()
     assert bench_runner.out_of_time(50, [{"run_seconds": 20}], budget=60)
     assert not bench_runner.out_of_time(30, [{"run_seconds": 20}], budget=60)
+
+
+def test_a_setup_runs_only_its_own_methods(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake(cfg: object, *, out_dir: Path, live: bool) -> dict:
+        calls.append((cfg.dataset, cfg.method))  # type: ignore[attr-defined]
+        Path(out_dir).mkdir(parents=True)
+        return {"final_accuracy": 0.5, "effective_flops": 10}
+
+    monkeypatch.setattr("fedrlprune.experiments.runner.run_experiment", fake)
+    monkeypatch.setattr("fedrlprune.fl.simulation.ray_session", nullcontext)
+    every = QUICK.setups[0]
+    few = replace(every, name="few", methods=("magnitude",))
+    suite = replace(QUICK, setups=(every, few))
+    run_bench(suite, methods=["fedavg", "magnitude"], out=tmp_path, live=False)
+    assert calls == [("digits", "fedavg"), ("digits", "magnitude"), ("digits", "magnitude")]
 
 
 def test_bad_bench_arguments_are_user_errors(capsys: pytest.CaptureFixture[str]) -> None:

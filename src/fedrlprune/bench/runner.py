@@ -267,6 +267,7 @@ def _plan(suite: Suite, names: Sequence[str], seeds: int | None) -> list[tuple[S
         for setup in suite.setups
         if seed < (seeds or setup.seeds)
         for method in names
+        if setup.methods is None or method in setup.methods
     ]
 
 

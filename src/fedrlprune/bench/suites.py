@@ -44,6 +44,8 @@ class Setup:
     overrides: Mapping[str, Any]
     seeds: int
     why: str  # why these sizes: what they keep and what they give up
+    # The methods this setup runs, where it cannot afford them all (None: the suite's).
+    methods: tuple[str, ...] | None = None
 
     @property
     def dataset(self) -> str:
