@@ -80,7 +80,7 @@ def _bench_parser(bench: argparse.ArgumentParser) -> None:
         "--max-minutes",
         type=float,
         help="start no run that would end after this; the rest is listed as not run "
-        "(default: the suite's, standard 42; 0 = no limit)",
+        "(default: the suite's, standard 85; 0 = no limit)",
     )
     bench.add_argument(
         "--out", type=Path, help="bench folder (default: results/bench-<suite>-<time>)"
