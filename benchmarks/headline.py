@@ -34,6 +34,15 @@ from fedrlprune.fl.simulation import ray_session
 
 CONFIG = "configs/method-cnn.toml"
 VARIANTS = ("fedavg", "fedrlprune", "uniform", "lamp")
+# The questions the table answers, each a pair of variants run on the same seeds.
+PAIRS = (
+    ("learned against the one-rate rule", "fedrlprune", "uniform"),
+    ("learned against LAMP's rates", "fedrlprune", "lamp"),
+    ("federated policy against local agents", "fedrlprune", "local"),
+    ("federated against one agent on one client", "fedrlprune", "central"),
+    ("bootstrapped against Monte-Carlo targets", "fedrlprune", "monte_carlo"),
+    ("a held-out tier: federated against local", "heldout_sbc", "heldout_sbc_local"),
+)
 # Issue 14's ablations, each a fedrlprune run with one setting changed: the policy trained by
 # each client alone (`local`: a held-out client then prunes with the untrained policy) or by
 # one client (`central`), Monte-Carlo targets, and a held-out tier (every `sbc` client, and no
@@ -112,7 +121,7 @@ def table(results: dict[str, dict[int, dict[str, Any]]], command: str) -> str:
         lines.append(
             f"| {variant} | {len(seeds)} | {deployed} | {heldout} | {gap} | {gain} | {cut} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + comparisons(results)) + "\n"
 
 
 def spread(values: list[float]) -> str:
@@ -123,9 +132,24 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd}"
 
 
-def paired(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) -> str:
-    """Mean (and per-seed) of a - b in deployed accuracy points, over the seeds both ran."""
-    return points([100 * (a[s]["deployed"] - b[s]["deployed"]) for s in sorted(a) if s in b])
+def paired(
+    a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], key: str = "deployed"
+) -> str:
+    """Mean (and per-seed) of a - b in points of `key`, over the seeds both have it for."""
+    both = [s for s in sorted(a) if s in b and None not in (a[s][key], b[s][key])]
+    return points([100 * (a[s][key] - b[s][key]) for s in both])
+
+
+def comparisons(results: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """The issue's questions as paired differences, for the pairs that both have runs."""
+    lines = ["", "| question | a - b | deployed (points, per seed) | held-out clients (points) |",
+             "| --- | --- | --- | --- |"]  # fmt: skip
+    for question, a, b in PAIRS:
+        if a in results and b in results:
+            deployed = paired(results[a], results[b])
+            heldout = paired(results[a], results[b], "heldout")
+            lines.append(f"| {question} | {a} - {b} | {deployed} | {heldout} |")
+    return lines if len(lines) > 3 else []
 
 
 def points(values: list[float]) -> str:
