@@ -221,7 +221,23 @@ def test_masked_weights_with_live_bias_are_refused(cnn: nn.Module, cnn_masks: di
         compact_model(cnn, cnn_masks, MNIST)
 
 
-def test_onnx_matches_torch_at_any_batch(cnn: nn.Module, cnn_masks: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("torchscript", ["works", "is gone"])
+def test_onnx_matches_torch_at_any_batch(
+    cnn: nn.Module,
+    cnn_masks: dict,
+    tmp_path: Path,
+    torchscript: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if torchscript == "is gone":  # a torch without the deprecated exporter: torch.export writes it
+        export = torch.onnx.export
+
+        def dynamo_only(*args: object, dynamo: bool, **kwargs: object) -> object:
+            if not dynamo:
+                raise RuntimeError("the TorchScript exporter was removed")
+            return export(*args, dynamo=dynamo, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(torch.onnx, "export", dynamo_only)
     compact = compact_model(cnn, cnn_masks, MNIST).eval()
     path = export_onnx(compact, MNIST, tmp_path / "cnn.onnx")
     assert path.is_file() and not list(tmp_path.glob("*.data"))  # one self-contained file

@@ -35,6 +35,8 @@ from fedrlprune.errors import ConfigError, FedRLPruneError
 from fedrlprune.pruning.metrics import prunable_layers
 from fedrlprune.state import Masks
 
+log = logging.getLogger("fedrlprune")
+
 # Opset 18 is what torch's dynamo exporter targets natively and onnxruntime >= 1.14 runs.
 ONNX_OPSET = 18
 CHECK_SAMPLES = 4
@@ -239,7 +241,12 @@ def _kept(key: str, tags: torch.Tensor, shape: tuple[int, ...]) -> tuple[np.ndar
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
-    """Write ``model`` (eval mode) as one self-contained ONNX file whose batch size is free."""
+    """Write ``model`` (eval mode) as one self-contained ONNX file whose batch size is free.
+
+    TorchScript's exporter first: for these static feed-forward networks it writes the same
+    graph 30x faster than torch.export's (0.02 s against 0.6 s per model, 2.5 s for a process's
+    first), which is most of the end of a run and of the bench's latency measurement. It is
+    deprecated, so where it fails or is gone, torch.export's exporter writes the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     param = next(model.parameters())
@@ -247,28 +254,41 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> P
     example = torch.zeros(2, *input_shape, device=param.device, dtype=param.dtype)
     was_training = model.training
     model.eval()
-    # The exporter names every torchvision op it cannot register and a deprecation in torch's
-    # own pytree code: noise at the end of each run, not something a user can act on.
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
-            torch.onnx.export(
-                model,
-                (example,),
-                path,
-                dynamo=True,
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                input_names=["input"],
-                output_names=["output"],
-                opset_version=ONNX_OPSET,
-                external_data=False,
-                verbose=False,
-            )
+            try:
+                _export(model, example, path, dynamo=False)
+            except Exception as err:  # any failure: the supported exporter writes it
+                log.debug("TorchScript ONNX export failed (%s); using torch.export", err)
+                _export(model, example, path, dynamo=True)
     finally:
         model.train(was_training)
     onnx.checker.check_model(str(path), full_check=True)
     return path
+
+
+def _export(model: nn.Module, example: torch.Tensor, path: Path, *, dynamo: bool) -> None:
+    """One of torch's two ONNX exporters, the batch dimension left free."""
+    if dynamo:
+        # The exporter names every torchvision op it cannot register: noise, not actionable.
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+        free = {"dynamic_shapes": ({0: torch.export.Dim("batch", min=1)},)}
+    else:
+        free = {"dynamic_axes": {"input": {0: "batch"}, "output": {0: "batch"}}}
+    torch.onnx.export(
+        model,
+        (example,),
+        path,
+        dynamo=dynamo,
+        input_names=["input"],
+        output_names=["output"],
+        opset_version=ONNX_OPSET,
+        external_data=False,
+        verbose=False,
+        **free,  # type: ignore[arg-type]
+    )
 
 
 def _median_seconds(step: Callable[[], object], runs: int, warmup: int) -> float:
