@@ -19,7 +19,7 @@ from fedrlprune.experiments.results import default_out_dir
 from fedrlprune.federation.checkpoint import CHECKPOINT, RunState, check_resumable
 from fedrlprune.fl.client_app import make_client_app
 from fedrlprune.fl.server_app import make_server_app
-from fedrlprune.fl.simulation import run_simulation
+from fedrlprune.fl.simulation import run_simulation, simulated_nodes_for
 from fedrlprune.models import ModelFactory
 
 
@@ -106,7 +106,8 @@ def _simulate(
         on_summary=summaries.append,
         resume=resume,
     )
-    run_simulation(server, make_client_app(model_fn=model_fn, data=dataset), cfg.clients)
+    nodes = simulated_nodes_for(cfg.clients, cfg.per_round())
+    run_simulation(server, make_client_app(model_fn=model_fn, data=dataset), nodes)
     return summaries[0] if summaries else None
 
 

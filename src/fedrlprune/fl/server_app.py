@@ -149,6 +149,9 @@ def run_round(
     t0 = time.perf_counter()
     chosen = fed.sample(rnd)
     progress.round_started(rnd, len(chosen))
+    if simulation:  # a simulated node of its own for each of the round's clients
+        ids = sorted(set(nodes.values()))
+        nodes = {c: ids[i % len(ids)] for i, c in enumerate(chosen)}
     orders = fed.orders(rnd, chosen)
     sent = {
         c: protocol.pack_orders(fed.cfg, o, fed.state, c if simulation else None)
@@ -310,8 +313,9 @@ def simulated_nodes(
     grid: Grid, cfg: Config, data: ArrayDataset | None = None
 ) -> tuple[dict[int, int], list[dict[str, Any]]]:
     """The simulation's answer to the handshake: the partitions come from the config (and the
-    user dataset) the server holds, and client `c` goes to simulated node `c` mod the nodes,
-    since every message names its client. One round's worth of clients still load their data
+    user dataset) the server holds, and client `c` goes to simulated node `c` mod the nodes
+    (one per client of a round, `simulated_nodes_for`), since every message names its client.
+    One round's worth of clients still load their data
     first, without a time limit, so the workers' slow start never counts against round 1's
     `round_timeout`: a slow start means a busy machine, not a missing device."""
     while not (node_ids := sorted(grid.get_node_ids())):

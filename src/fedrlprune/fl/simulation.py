@@ -87,8 +87,16 @@ def _keeping_terminate(idle: list[Any]) -> Any:
     return terminate_all_actors
 
 
-def run_simulation(server: Any, client: Any, clients: int) -> None:
-    """Flower's simulation engine (Ray), quiet: our own progress and logs say what happens."""
+def simulated_nodes_for(clients: int, per_round: int) -> int:
+    """How many simulated SuperNodes a run needs: one per client of a round, not one per client,
+    since every message names its client. Flower's engine asks every node for messages ten
+    times a second, so 1000 idle nodes would keep a core busy for the whole run."""
+    return max(1, min(clients, per_round))
+
+
+def run_simulation(server: Any, client: Any, nodes: int) -> None:
+    """Flower's simulation engine (Ray) with `nodes` simulated SuperNodes, quiet: our own
+    progress and logs say what happens."""
     from flwr.simulation import run_simulation as flower_simulation
 
     flwr_log = logging.getLogger("flwr")
@@ -104,7 +112,7 @@ def run_simulation(server: Any, client: Any, clients: int) -> None:
             flower_simulation(
                 server_app=server,
                 client_app=client,
-                num_supernodes=clients,
+                num_supernodes=nodes,
                 backend_config=backend,  # type: ignore[arg-type]
             )
     finally:
