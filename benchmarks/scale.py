@@ -9,7 +9,8 @@ per-client evaluation and the latency measurement), and the peak memory of the p
 
     .venv/bin/python benchmarks/scale.py --out benchmarks/results/scale
 
-writes `scale.json` and `scale.md` into `--out` (and each run's results folder under it). The
+runs each size `--repeats` times (3), the sizes taking turns, and writes the medians and every
+run to `scale.json` and `scale.md` in `--out` (each run's results folder under it). The
 target: at 1000 clients, set-up plus end of run within the time of 20 rounds, and peak memory
 within 20% of that at 100 clients.
 
@@ -26,6 +27,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -65,9 +67,10 @@ def tree_rss(root: int) -> int:
     return total
 
 
-def run_size(clients: int, rounds: int, out: Path) -> dict[str, Any]:
+def run_size(clients: int, rounds: int, out: Path, repeat: int = 0) -> dict[str, Any]:
     """One `fedrlprune run` at `clients` clients, its peak tree memory sampled meanwhile."""
-    run_dir = out / f"clients-{clients}"
+    run_dir = out / f"clients-{clients}-{repeat}"
+    shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [
         str(Path(sys.executable).parent / "fedrlprune"), "run", "--no-live", "--out", str(run_dir),
         "--set", f"clients={clients}", "--set", f"fraction={PER_ROUND / clients}",
@@ -96,6 +99,7 @@ def run_size(clients: int, rounds: int, out: Path) -> dict[str, Any]:
     end = summary["deploy_seconds"] + summary["latency_seconds"]
     return {
         "clients": clients,
+        "repeat": repeat,
         "per_round": PER_ROUND,
         "rounds": rounds,
         "wall_seconds": wall,
@@ -145,6 +149,22 @@ def busy_run(out: Path, hogs: int = 2) -> dict[str, Any]:
     }
 
 
+FIGURES = ("wall_seconds", "setup_seconds", "round_seconds_median", "end_seconds",
+           "setup_plus_end_in_rounds", "peak_tree_rss_gb", "final_accuracy")  # fmt: skip
+
+
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per size, the median of each figure over the repeats (the machine is noisy)."""
+    sizes = sorted({r["clients"] for r in rows})
+    return [
+        {"clients": n, "repeats": len(mine)}
+        | {k: statistics.median(r[k] for r in mine) for k in FIGURES}
+        | {"ratio_per_repeat": [r["setup_plus_end_in_rounds"] for r in mine]}
+        for n in sizes
+        for mine in [[r for r in rows if r["clients"] == n]]
+    ]
+
+
 def markdown(rows: list[dict[str, Any]], command: str) -> str:
     lines = [
         "# Simulation at scale",
@@ -153,18 +173,21 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
         "one local epoch. Set-up is the simulation engine starting, the partitions and one "
         "round's clients loading their data; end of run is deployment, per-client evaluation "
         "and the latency measurement; memory is the peak resident memory "
-        "of the run's whole process tree (Ray included).",
+        "of the run's whole process tree (Ray included). Each figure is the median over the "
+        "repeats, the sizes taking turns in each repeat; the last column gives every repeat's.",
         "",
-        "| clients | wall s | set-up s | median round s | end of run s | "
-        "(set-up + end) / round | peak memory GB | final accuracy |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| clients | repeats | wall s | set-up s | median round s | end of run s | "
+        "(set-up + end) / round | peak memory GB | final accuracy | (set-up + end) / round, "
+        "per repeat |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in rows:
+    for r in medians(rows):
+        each = ", ".join(f"{x:.1f}" for x in r["ratio_per_repeat"])
         lines.append(
-            f"| {r['clients']} | {r['wall_seconds']:.0f} | {r['setup_seconds']:.1f} | "
-            f"{r['round_seconds_median']:.2f} | {r['end_seconds']:.1f} | "
-            f"{r['setup_plus_end_in_rounds']:.1f} | {r['peak_tree_rss_gb']:.2f} | "
-            f"{r['final_accuracy']:.4f} |"
+            f"| {r['clients']} | {r['repeats']} | {r['wall_seconds']:.0f} | "
+            f"{r['setup_seconds']:.1f} | {r['round_seconds_median']:.2f} | "
+            f"{r['end_seconds']:.1f} | {r['setup_plus_end_in_rounds']:.1f} | "
+            f"{r['peak_tree_rss_gb']:.2f} | {r['final_accuracy']:.4f} | {each} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -174,6 +197,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/scale"))
     parser.add_argument("--rounds", type=int, default=5, help="rounds per size (default 5)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--repeats", type=int, default=3, help="runs per size (default 3)")
     parser.add_argument("--busy", action="store_true", help="the busy-machine check instead")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -184,11 +208,13 @@ def main() -> None:
         return
     command = " ".join(["python benchmarks/scale.py", *sys.argv[1:]])
     rows: list[dict[str, Any]] = []
-    for clients in args.sizes:
-        print(f"scale: {clients} clients ...", flush=True)
-        rows.append(run_size(clients, args.rounds, args.out))
-        print(json.dumps(rows[-1]), flush=True)
-        (args.out / "scale.json").write_text(json.dumps(rows, indent=2) + "\n")
+    for repeat in range(args.repeats):
+        for clients in args.sizes:
+            print(f"scale: {clients} clients, repeat {repeat} ...", flush=True)
+            rows.append(run_size(clients, args.rounds, args.out, repeat))
+            print(json.dumps(rows[-1]), flush=True)
+            result = {"medians": medians(rows), "runs": rows}
+            (args.out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "scale.md").write_text(markdown(rows, command))
     print(markdown(rows, command))
 

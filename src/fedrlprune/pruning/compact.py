@@ -25,8 +25,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -265,6 +263,8 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> P
                 _export(model, example, path, dynamo=True)
     finally:
         model.train(was_training)
+    import onnx  # here, not at the top: half a second of every simulated client's start
+
     onnx.checker.check_model(str(path), full_check=True)
     return path
 
@@ -314,6 +314,8 @@ def onnx_latency(
     the spread of small models' timings, and one thread compares like for like with
     ``torch_latency`` (also one thread), measuring the work removed rather than parallelism.
     """
+    import onnxruntime as ort  # only where a model is timed
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
