@@ -8,12 +8,12 @@ import pytest
 from fedrlprune.data import (
     PARTITIONS,
     ClientSplit,
+    partition,
     partition_indices,
     partition_stats,
     split_client,
     subsample,
 )
-from fedrlprune.data import partition
 from fedrlprune.errors import DataError
 
 LABELS = np.random.default_rng(0).integers(0, 10, size=2000)
