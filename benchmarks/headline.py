@@ -34,10 +34,13 @@ from fedrlprune.fl.simulation import ray_session
 
 CONFIG = "configs/method-cnn.toml"
 VARIANTS = ("fedavg", "fedrlprune", "uniform", "lamp")
+# The width-scaled peers at the same budgets (issue 13), run on request: `--variants heterofl`.
+PEERS = ("heterofl", "fedrolex")
 # The questions the table answers, each a pair of variants run on the same seeds.
 PAIRS = (
     ("learned against the one-rate rule", "fedrlprune", "uniform"),
     ("learned against LAMP's rates", "fedrlprune", "lamp"),
+    ("learned against HeteroFL's nested widths", "fedrlprune", "heterofl"),
     ("federated policy against local agents", "fedrlprune", "local"),
     ("federated against one agent on one client", "fedrlprune", "central"),
     ("bootstrapped against Monte-Carlo targets", "fedrlprune", "monte_carlo"),
@@ -186,7 +189,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/headline"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
-        "--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *ABLATIONS]
+        "--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *PEERS, *ABLATIONS]
     )
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="K=V")
     parser.add_argument(
@@ -198,7 +201,7 @@ def main() -> None:
         + " ".join(ABLATIONS)
         + "`)"
     )
-    shown = [*VARIANTS, *ABLATIONS]  # the table keeps every finished run in --out
+    shown = [*VARIANTS, *PEERS, *ABLATIONS]  # the table keeps every finished run in --out
     if args.table_only:
         write_finished(args.out, shown, args.seeds, command)
         return
