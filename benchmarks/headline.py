@@ -41,6 +41,7 @@ PAIRS = (
     ("learned against the one-rate rule", "fedrlprune", "uniform"),
     ("learned against LAMP's rates", "fedrlprune", "lamp"),
     ("learned against HeteroFL's nested widths", "fedrlprune", "heterofl"),
+    ("learned against FedRolex's rolling widths", "fedrlprune", "fedrolex"),
     ("federated policy against local agents", "fedrlprune", "local"),
     ("federated against one agent on one client", "fedrlprune", "central"),
     ("bootstrapped against Monte-Carlo targets", "fedrlprune", "monte_carlo"),
