@@ -146,14 +146,16 @@ def paired(
 
 def comparisons(results: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     """The issue's questions as paired differences, for the pairs that both have runs."""
-    lines = ["", "| question | a - b | deployed (points, per seed) | held-out clients (points) |",
-             "| --- | --- | --- | --- |"]  # fmt: skip
-    for question, a, b in PAIRS:
-        if a in results and b in results:
-            deployed = paired(results[a], results[b])
-            heldout = paired(results[a], results[b], "heldout")
-            lines.append(f"| {question} | {a} - {b} | {deployed} | {heldout} |")
-    return lines if len(lines) > 3 else []
+    rows = [
+        f"| {question} | {a} - {b} | {paired(results[a], results[b])} "
+        f"| {paired(results[a], results[b], 'heldout')} |"
+        for question, a, b in PAIRS
+        if a in results and b in results
+    ]
+    if not rows:
+        return []
+    return ["", "| question | a - b | deployed (points, per seed) | held-out clients (points) |",
+            "| --- | --- | --- | --- |", *rows]  # fmt: skip
 
 
 def points(values: list[float]) -> str:

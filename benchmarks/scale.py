@@ -155,14 +155,14 @@ FIGURES = ("wall_seconds", "setup_seconds", "round_seconds_median", "end_seconds
 
 def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per size, the median of each figure over the repeats (the machine is noisy)."""
-    sizes = sorted({r["clients"] for r in rows})
-    return [
-        {"clients": n, "repeats": len(mine)}
-        | {k: statistics.median(r[k] for r in mine) for k in FIGURES}
-        | {"ratio_per_repeat": [r["setup_plus_end_in_rounds"] for r in mine]}
-        for n in sizes
-        for mine in [[r for r in rows if r["clients"] == n]]
-    ]
+    out = []
+    for n in sorted({r["clients"] for r in rows}):
+        mine = [r for r in rows if r["clients"] == n]
+        row = {"clients": n, "repeats": len(mine)}
+        row |= {k: statistics.median(r[k] for r in mine) for k in FIGURES}
+        row["ratio_per_repeat"] = [r["setup_plus_end_in_rounds"] for r in mine]
+        out.append(row)
+    return out
 
 
 def markdown(rows: list[dict[str, Any]], command: str) -> str:
@@ -200,6 +200,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per size (default 3)")
     parser.add_argument("--busy", action="store_true", help="the busy-machine check instead")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.busy:
         result = busy_run(args.out)

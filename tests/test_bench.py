@@ -305,20 +305,25 @@ def test_a_failing_run_is_recorded_and_the_bench_goes_on(
     assert "client exploded" in (run_dir / "error.txt").read_text()
 
 
-def test_runs_go_seed_by_seed_and_stop_at_the_time_budget(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls = []
+@pytest.fixture
+def fake_runs(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The configs the bench runs, recorded instead of run (no simulation, no Ray)."""
+    calls: list = []
 
     def fake(cfg: object, *, out_dir: Path, live: bool) -> dict:
-        calls.append((cfg.method, cfg.seed))  # type: ignore[attr-defined]
+        calls.append(cfg)
         Path(out_dir).mkdir(parents=True)
         return {"final_accuracy": 0.5, "effective_flops": 10}
 
     monkeypatch.setattr("fedrlprune.experiments.runner.run_experiment", fake)
     monkeypatch.setattr("fedrlprune.fl.simulation.ray_session", nullcontext)
+    return calls
+
+
+def test_runs_go_seed_by_seed_and_stop_at_the_time_budget(tmp_path: Path, fake_runs: list) -> None:
     run_bench("quick", methods=["fedavg", "magnitude"], seeds=2, out=tmp_path / "a", live=False)
-    assert calls == [("fedavg", 0), ("magnitude", 0), ("fedavg", 1), ("magnitude", 1)]
+    runs = [(c.method, c.seed) for c in fake_runs]
+    assert runs == [("fedavg", 0), ("magnitude", 0), ("fedavg", 1), ("magnitude", 1)]
     cut = run_bench("quick", methods=["fedavg"], out=tmp_path / "b", live=False, max_minutes=1e-9)
     assert [r["status"] for r in cut.rows] == ["not run"]
     assert "time budget" in (tmp_path / "b" / "table.md").read_text()
@@ -326,21 +331,12 @@ def test_runs_go_seed_by_seed_and_stop_at_the_time_budget(
     assert not bench_runner.out_of_time(30, [{"run_seconds": 20}], budget=60)
 
 
-def test_a_setup_runs_only_its_own_methods(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-
-    def fake(cfg: object, *, out_dir: Path, live: bool) -> dict:
-        calls.append((cfg.dataset, cfg.method))  # type: ignore[attr-defined]
-        Path(out_dir).mkdir(parents=True)
-        return {"final_accuracy": 0.5, "effective_flops": 10}
-
-    monkeypatch.setattr("fedrlprune.experiments.runner.run_experiment", fake)
-    monkeypatch.setattr("fedrlprune.fl.simulation.ray_session", nullcontext)
+def test_a_setup_runs_only_its_own_methods(tmp_path: Path, fake_runs: list) -> None:
     every = QUICK.setups[0]
     few = replace(every, name="few", methods=("magnitude",))
     suite = replace(QUICK, setups=(every, few))
     run_bench(suite, methods=["fedavg", "magnitude"], out=tmp_path, live=False)
-    assert calls == [("digits", "fedavg"), ("digits", "magnitude"), ("digits", "magnitude")]
+    assert [c.method for c in fake_runs] == ["fedavg", "magnitude", "magnitude"]
 
 
 def test_bad_bench_arguments_are_user_errors(capsys: pytest.CaptureFixture[str]) -> None:

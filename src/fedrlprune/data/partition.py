@@ -90,7 +90,7 @@ def _load_all(partitioner: Partitioner, num_clients: int, order: np.ndarray) -> 
         np.asarray(table[i], dtype=np.int64) if table else _rows(partitioner, i)
         for i in range(1, num_clients)
     ]
-    return [np.sort(order[r]).astype(np.int64) for r in rows]
+    return [np.sort(order[r]) for r in rows]  # `order` is int64, so are the indices
 
 
 def _table(partitioner: Partitioner, num_clients: int) -> dict[int, list[int]] | None:

@@ -91,7 +91,7 @@ def simulated_nodes_for(clients: int, per_round: int) -> int:
     """How many simulated SuperNodes a run needs: one per client of a round, not one per client,
     since every message names its client. Flower's engine asks every node for messages ten
     times a second, so 1000 idle nodes would keep a core busy for the whole run."""
-    return max(1, min(clients, per_round))
+    return min(clients, per_round)
 
 
 def run_simulation(server: Any, client: Any, nodes: int) -> None:
