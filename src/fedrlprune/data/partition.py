@@ -97,8 +97,9 @@ def _table(partitioner: Partitioner, num_clients: int) -> dict[int, list[int]] |
     """The rows of every partition: IID's contiguous shards, or the table Dirichlet and
     pathological partitioners keep once decided; None for another partitioner or a
     flwr-datasets that keeps it elsewhere (then each partition is loaded). Read
-    because a `load_partition` per client costs ~5 ms of Arrow selection and fingerprinting:
-    5 s of a 1000-client run's start, in the server and again in every worker."""
+    because a `load_partition` per client costs 1.5 ms of Arrow selection and fingerprinting
+    on an idle machine: 1.5 s of a 1000-client run's start (0.02 s from the table;
+    benchmarks/startup.py), in the server and again in every worker."""
     if isinstance(partitioner, IidPartitioner):  # contiguous shards, as `Dataset.shard` cuts
         n = partitioner.dataset.num_rows
         return dict(enumerate(a.tolist() for a in np.array_split(np.arange(n), num_clients)))

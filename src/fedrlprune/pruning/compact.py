@@ -242,8 +242,8 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> P
     """Write ``model`` (eval mode) as one self-contained ONNX file whose batch size is free.
 
     TorchScript's exporter first: for these static feed-forward networks it writes the same
-    graph 30x faster than torch.export's (0.02 s against 0.6 s per model, 2.5 s for a process's
-    first), which is most of the end of a run and of the bench's latency measurement. It is
+    graph 30x faster than torch.export's (0.02 s against 0.63 s per model, 2.65 s for a process's
+    first; benchmarks/startup.py), most of the end of a run and of the bench's latency timing. It is
     deprecated, so where it fails or is gone, torch.export's exporter writes the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
