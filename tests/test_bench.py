@@ -312,8 +312,10 @@ def fake_runs(monkeypatch: pytest.MonkeyPatch) -> list:
 
     def fake(cfg: object, *, out_dir: Path, live: bool) -> dict:
         calls.append(cfg)
+        summary = {"final_accuracy": 0.5, "effective_flops": 10}
         Path(out_dir).mkdir(parents=True)
-        return {"final_accuracy": 0.5, "effective_flops": 10}
+        (Path(out_dir) / "summary.json").write_text(json.dumps(summary))
+        return summary
 
     monkeypatch.setattr("fedrlprune.experiments.runner.run_experiment", fake)
     monkeypatch.setattr("fedrlprune.fl.simulation.ray_session", nullcontext)
@@ -327,6 +329,10 @@ def test_runs_go_seed_by_seed_and_stop_at_the_time_budget(tmp_path: Path, fake_r
     cut = run_bench("quick", methods=["fedavg"], out=tmp_path / "b", live=False, max_minutes=1e-9)
     assert [r["status"] for r in cut.rows] == ["not run"]
     assert "time budget" in (tmp_path / "b" / "table.md").read_text()
+    again = run_bench("quick", methods=["fedavg", "magnitude"], seeds=2, out=tmp_path / "a",
+                      live=False, max_minutes=1e-9)  # fmt: skip
+    assert [r["status"] for r in again.rows] == ["ok"] * 4  # read back, whatever the budget
+    assert len(fake_runs) == 4  # and nothing run again
     assert bench_runner.out_of_time(50, [{"run_seconds": 20}], budget=60)
     assert not bench_runner.out_of_time(30, [{"run_seconds": 20}], budget=60)
 

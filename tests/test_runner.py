@@ -228,3 +228,18 @@ def test_a_slow_start_never_ends_a_simulation_on_the_deployment_wait(tmp_path: P
     summary = run_experiment(cfg, model_fn=_slow_model, out_dir=tmp_path / "s", live=False)
     assert summary["rounds_completed"] == 1 and summary["failed_clients"] == []
     assert summary["setup_seconds"] > 0.5
+
+
+def test_a_run_inside_a_nested_ray_session_uses_the_open_one(tmp_path: Path) -> None:
+    # The bench opens its own session; inside the tests' session-wide one it must join it, or
+    # its new actors wait for the cores the outer session's idle actors hold (a hang).
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+
+    from fedrlprune.fl.simulation import ray_session
+
+    outer = BasicActorPool.add_actors_to_pool
+    with ray_session():
+        assert BasicActorPool.add_actors_to_pool is outer
+        summary = run_experiment({**TINY, "rounds": 1}, out_dir=tmp_path / "n", live=False)
+    assert summary["rounds_completed"] == 1
+    assert BasicActorPool.add_actors_to_pool is outer

@@ -175,7 +175,8 @@ def run_bench(
                 row: dict[str, Any] = {"setup": setup.name, "method": method, "seed": seed}
                 kind = None if method in unknown else _kind(setup, method, extra)
                 spent = time.perf_counter() - started
-                over = budget is not None and out_of_time(spent, _timed(rows), budget)
+                done = (_run_dir(out, setup, method, seed) / "summary.json").is_file()
+                over = not done and budget is not None and out_of_time(spent, _timed(rows), budget)
                 why = _why_not(setup.name, method, missing, unknown, over, max_minutes)
                 if why is None:
                     what = f"{setup.name} {method} seed {seed}"

@@ -24,6 +24,9 @@ def _ray_init_args() -> dict[str, Any]:
     return {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, **quiet}
 
 
+_OPEN: list[bool] = []  # a session is open: a nested one joins it
+
+
 @contextmanager
 def ray_session() -> Iterator[None]:
     """Share one Ray instance and its client actors among the runs made inside (the bench).
@@ -35,7 +38,12 @@ def ray_session() -> Iterator[None]:
     end: an actor a run leaves idle serves the next run's pool. An actor holds no run state of
     its own (Flower passes the ClientApp with every message, and our client app drops an
     earlier run's clients when the config changes), so results do not depend on the reuse.
+    A session opened inside another joins it: a second pool of actors would wait for the cores
+    the first one's idle actors hold.
     """
+    if _OPEN:
+        yield
+        return
     import ray
     from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
@@ -56,9 +64,11 @@ def ray_session() -> Iterator[None]:
     saved = {target: getattr(*target) for target in patched}
     for (owner, name), value in patched.items():
         setattr(owner, name, value)
+    _OPEN.append(True)
     try:
         yield
     finally:
+        _OPEN.clear()
         for (owner, name), value in saved.items():
             setattr(owner, name, value)
         for actor in idle:
