@@ -23,6 +23,8 @@ from fedrlprune.bench.suites import (
     run_config,
 )
 from fedrlprune.bench.table import (
+    TARGET_SHARE,
+    accuracy_target,
     aggregate,
     dominators,
     front_line,
@@ -30,6 +32,8 @@ from fedrlprune.bench.table import (
     kinds_present,
     markdown_table,
     of_kind,
+    time_table,
+    time_to_accuracy,
 )
 from fedrlprune.cli import main
 from fedrlprune.errors import ConfigError
@@ -243,6 +247,34 @@ def test_mean_by_round() -> None:
 # --------------------------------------------------------------------------- names, suites
 
 
+def test_time_to_accuracy_counts_every_rounds_device_time_up_to_the_first_hit() -> None:
+    rounds = [
+        {"round": "1", "sim_seconds": "10", "test_accuracy": "0.5"},
+        {"round": "2", "sim_seconds": "20", "test_accuracy": ""},  # not evaluated: time only
+        {"round": "3", "sim_seconds": "30", "test_accuracy": "0.81"},
+        {"round": "4", "sim_seconds": "40", "test_accuracy": "0.9"},
+    ]
+    assert time_to_accuracy(rounds, 0.8) == (3, 60.0)
+    assert time_to_accuracy(rounds, 0.95) is None
+
+
+def test_the_accuracy_target_is_a_share_of_dense_fedavg_and_the_table_says_who_reached_it() -> None:
+    rows = [
+        {"setup": "s", "method": "fedavg", "status": "ok", "final_accuracy": 0.8, "sim_seconds": 9},
+        {"setup": "s", "method": "fedavg", "status": "ok", "final_accuracy": 0.9, "sim_seconds": 9},
+        {"setup": "s", "method": "fedavg", "status": "failed", "final_accuracy": 0.1},
+        {"setup": "s", "method": "x", "status": "ok", "sim_seconds_to_target": 4,
+         "rounds_to_target": 2, "sim_seconds": 5},
+        {"setup": "s", "method": "x", "status": "ok", "sim_seconds": 5},
+    ]  # fmt: skip
+    assert accuracy_target(rows) == pytest.approx(TARGET_SHARE * 0.85)
+    assert accuracy_target([r for r in rows if r["method"] == "x"]) is None
+    lines = time_table(rows, "s")
+    assert "| `x` | 1/2 | 4.0 | 2.0 | 5.0 |" in lines
+    assert "| `fedavg` | 0/2 | not reached |  | 9.0 |" in lines
+    assert time_table(rows, "other") == []
+
+
 def test_method_names_are_checked_and_listed() -> None:
     assert parse_methods(None) == tuple(METHODS)
     assert parse_methods(["fedavg,magnitude", "fedavg"]) == ("fedavg", "magnitude")
@@ -333,6 +365,10 @@ def test_runs_go_seed_by_seed_and_stop_at_the_time_budget(tmp_path: Path, fake_r
                       live=False, max_minutes=1e-9)  # fmt: skip
     assert [r["status"] for r in again.rows] == ["ok"] * 4  # read back, whatever the budget
     assert len(fake_runs) == 4  # and nothing run again
+    only_read = run_bench("quick", methods=["fedavg"], seeds=3, out=tmp_path / "a", live=False,
+                          run=False)  # fmt: skip
+    assert [r["status"] for r in only_read.rows] == ["ok", "ok", "not run"]
+    assert "--no-run" in only_read.rows[2]["error"] and len(fake_runs) == 4
     assert bench_runner.out_of_time(50, [{"run_seconds": 20}], budget=60)
     assert not bench_runner.out_of_time(30, [{"run_seconds": 20}], budget=60)
 
@@ -367,7 +403,7 @@ def test_quick_suite_writes_every_file(quick_bench: tuple[Path, list[dict]]) -> 
     setup = QUICK.setups[0].name
     for name in ("results.csv", "table.md", "section.md"):
         assert (out / name).is_file(), name
-    for plot in ("fronts", "accuracy-rounds", "upload-rounds"):
+    for plot in ("fronts", "accuracy-rounds", "upload-rounds", "accuracy-time"):
         assert (out / f"{setup}-{plot}.png").stat().st_size > 0, plot
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))

@@ -101,6 +101,12 @@ def _bench_parser(bench: argparse.ArgumentParser) -> None:
         "replacing the same suite's earlier section",
     )
     bench.add_argument(
+        "--no-run",
+        action="store_true",
+        help="run nothing: read the finished runs in --out back and rewrite the tables, "
+        "plots and --benchmarks section (the others are listed as not run)",
+    )
+    bench.add_argument(
         "--no-live", action="store_true", help="plain log lines instead of a live display"
     )
 
@@ -186,6 +192,7 @@ def _bench(args: argparse.Namespace, live: bool) -> int:
         extra=args.overrides,
         live=live,
         max_minutes=args.max_minutes,
+        run=not args.no_run,
     )
     counts: dict[str, int] = {}
     for row in result.rows:

@@ -4,7 +4,8 @@
 one panel per front, each holding the runs of one `flops_kind` only (compact params and
 measured latency speed-up for the budgeted runs, theoretical FLOPs for the unstructured ones);
 `accuracy-rounds` and `upload-rounds`: each method's per-round figures from its runs'
-metrics.csv, averaged over seeds.
+metrics.csv, averaged over seeds; `accuracy-time`: the same accuracy against the
+device-simulated time elapsed (FedMP's goal: accuracy per second of device time).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MARKERS = "osD^vP*Xh<>p"
 
 
 def plot_setup(out: Path, setup: str, runs: Sequence[Mapping[str, Any]]) -> list[Path]:
-    """Write the three plots of `setup` from its finished runs' rows; return their paths."""
+    """Write the four plots of `setup` from its finished runs' rows; return their paths."""
     done = [r for r in runs if r.get("status") == "ok"]
     if not done:
         return []
@@ -38,16 +39,28 @@ def plot_setup(out: Path, setup: str, runs: Sequence[Mapping[str, Any]]) -> list
         for view in KINDS[kind].views.values()
     ]
     paths = [_fronts(out / f"{setup}-fronts.png", setup, done, style, panels)]
-    per_round = {m: [_rounds(Path(str(r["out_dir"]))) for r in done if r["method"] == m]
-                 for m in methods}  # fmt: skip
-    for key, label, scale, name in (
-        ("test_accuracy", "test accuracy (global model)", 1.0, "accuracy-rounds"),
-        ("upload_bytes", "upload per round (MB)", 1e-6, "upload-rounds"),
+    per_round = {m: [_with_elapsed(read_rounds(Path(str(r["out_dir"])))) for r in done
+                     if r["method"] == m] for m in methods}  # fmt: skip
+    for key, label, scale, name, x in (
+        ("test_accuracy", "test accuracy (global model)", 1.0, "accuracy-rounds", None),
+        ("upload_bytes", "upload per round (MB)", 1e-6, "upload-rounds", None),
+        ("test_accuracy", "test accuracy (global model)", 1.0, "accuracy-time", _ELAPSED),
     ):
-        paths.append(
-            _per_round(out / f"{setup}-{name}.png", setup, per_round, style, key, label, scale)
-        )
+        path = out / f"{setup}-{name}.png"
+        paths.append(_per_round(path, setup, per_round, style, key, label, scale, x))
     return paths
+
+
+_ELAPSED = "sim_seconds_elapsed"  # device-simulated seconds from the start to a round's end
+
+
+def _with_elapsed(rounds: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The rounds, each with the device-simulated time elapsed at its end."""
+    total = 0.0
+    for row in rounds:
+        total += as_number(row.get("sim_seconds")) or 0.0
+        row[_ELAPSED] = str(total)
+    return rounds
 
 
 def _fronts(
@@ -95,14 +108,20 @@ def _per_round(
     key: str,
     label: str,
     scale: float,
+    x_key: str | None = None,
 ) -> Path:
+    """`key` per round, mean over seeds, against the round or the mean of `x_key` there."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for method, runs in per_round.items():
-        xs, ys = mean_by_round(runs, key)
+        rounds, ys = mean_by_round(runs, key)
+        xs: list[float] = list(map(float, rounds))
+        if x_key is not None:  # the rounds that have `key`, placed at their mean elapsed time
+            at = dict(zip(*mean_by_round(runs, x_key), strict=True))
+            xs = [at[r] for r in rounds]
         color, marker = style[method]
         ax.plot(xs, [y * scale for y in ys], color=color, marker=marker, markersize=3,
                 label=method)  # fmt: skip
-    ax.set_xlabel("round")
+    ax.set_xlabel("round" if x_key is None else "device-simulated seconds elapsed")
     ax.set_ylabel(label)
     ax.set_title(f"{setup}: mean over seeds")
     ax.grid(alpha=0.3)
@@ -127,7 +146,8 @@ def mean_by_round(
     return rounds, [math.fsum(sums[r]) / len(sums[r]) for r in rounds]
 
 
-def _rounds(run_dir: Path) -> list[dict[str, str]]:
+def read_rounds(run_dir: Path) -> list[dict[str, str]]:
+    """A run's metrics.csv rows (empty when it has none)."""
     path = run_dir / "metrics.csv"
     if not path.is_file():
         return []

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fedrlprune.bench.plots import plot_setup
+from fedrlprune.bench.plots import plot_setup, read_rounds
 from fedrlprune.bench.section import machine_line, render_section
 from fedrlprune.bench.suites import (
     Setup,
@@ -35,7 +35,13 @@ from fedrlprune.bench.suites import (
     pick_setups,
     run_config,
 )
-from fedrlprune.bench.table import TIER_FIELDS, TIERS, as_number
+from fedrlprune.bench.table import (
+    TIER_FIELDS,
+    TIERS,
+    accuracy_target,
+    as_number,
+    time_to_accuracy,
+)
 from fedrlprune.errors import ConfigError, DataError
 
 log = logging.getLogger("fedrlprune")
@@ -65,6 +71,8 @@ RESULT_COLUMNS = (
     "sim_joules",
     "budget_satisfaction",
     "rounds_completed",
+    "rounds_to_target",  # time to accuracy: see bench.table.accuracy_target
+    "sim_seconds_to_target",
     "run_seconds",  # the run as the bench saw it: wall_seconds plus starting the clients
     "out_dir",
 )
@@ -141,6 +149,7 @@ def run_bench(
     live: bool | None = None,
     command: str | None = None,
     max_minutes: float | None = None,
+    run: bool = True,
 ) -> BenchResult:
     """Run a suite and write its outputs under `out`; return the rows of results.csv.
 
@@ -150,6 +159,7 @@ def run_bench(
     command: the command line recorded in the outputs (default: this process's argv).
     max_minutes: start no run that would likely end after this (default: the suite's; 0 = no
              limit); the runs left are recorded as "not run".
+    run:     False: start nothing, only read the finished runs back and rewrite the outputs.
     """
     started = time.perf_counter()
     suite = pick_setups(get_suite(suite) if isinstance(suite, str) else suite, setups)
@@ -162,7 +172,7 @@ def run_bench(
     unknown, missing = _unavailable(suite, names, extra)
     plan = _plan(suite, names, seeds)
     runnable = [(s, m, k) for s, m, k in plan if s.name not in missing and m not in unknown]
-    fresh = any(not (_run_dir(out, *run) / "summary.json").is_file() for run in runnable)
+    fresh = run and any(not (_run_dir(out, *r) / "summary.json").is_file() for r in runnable)
     machine = machine_line()
     rows: list[dict[str, Any]] = []
     from fedrlprune.experiments.progress import shared_display
@@ -176,8 +186,12 @@ def run_bench(
                 kind = None if method in unknown else _kind(setup, method, extra)
                 spent = time.perf_counter() - started
                 done = (_run_dir(out, setup, method, seed) / "summary.json").is_file()
-                over = not done and budget is not None and out_of_time(spent, _timed(rows), budget)
-                why = _why_not(setup.name, method, missing, unknown, over, max_minutes)
+                stop = None
+                if not done and not run:
+                    stop = "not started (--no-run)"
+                elif not done and budget is not None and out_of_time(spent, _timed(rows), budget):
+                    stop = f"time budget of {max_minutes:g} min reached"
+                why = _why_not(setup.name, method, missing, unknown, stop)
                 if why is None:
                     what = f"{setup.name} {method} seed {seed}"
                     log.info("bench %d/%d: %s", _ran(rows) + 1, len(runnable), what)
@@ -200,16 +214,16 @@ def _why_not(
     method: str,
     missing: Mapping[str, str],
     unknown: Mapping[str, str],
-    over_budget: bool,
-    max_minutes: float,
+    stop: str | None,
 ) -> dict[str, Any] | None:
-    """The row of a run that is not started (data missing, method unknown, out of time)."""
+    """The row of a run that is not started (data missing, method unknown, out of time or
+    --no-run: `stop` says which)."""
     if setup in missing:
         return {"status": "skipped", "error": missing[setup]}
     if method in unknown:
         return {"status": "unknown", "error": unknown[method]}
-    if over_budget:
-        return {"status": "not run", "error": f"time budget of {max_minutes:g} min reached"}
+    if stop is not None:
+        return {"status": "not run", "error": stop}
     return None
 
 
@@ -318,6 +332,7 @@ def write_outputs(
     seconds: float,
 ) -> None:
     """results.csv, the plots, table.md (links from OUT) and section.md (links from the cwd)."""
+    rows = with_time_to_target(rows)
     write_results_csv(out / "results.csv", rows)
     plots: dict[str, list[Path]] = {}
     for setup in suite.setups:
@@ -335,6 +350,24 @@ def write_outputs(
             link_from=start,
         )
         (out / name).write_text(text)
+
+
+def with_time_to_target(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows, each finished run with the round and device-simulated seconds at which its
+    global model first reached its setup's accuracy target (from its metrics.csv)."""
+    targets = {
+        setup: accuracy_target(r for r in rows if r["setup"] == setup)
+        for setup in {str(r["setup"]) for r in rows}
+    }
+    done = []
+    for row in rows:
+        target = targets[str(row["setup"])]
+        reached = None
+        if target is not None and row.get("status") == "ok" and row.get("out_dir"):
+            reached = time_to_accuracy(read_rounds(Path(str(row["out_dir"]))), target)
+        rounds, seconds = reached or (None, None)
+        done.append({**row, "rounds_to_target": rounds, "sim_seconds_to_target": seconds})
+    return done
 
 
 def _kind(setup: Setup, method: str, extra: Sequence[str]) -> str:

@@ -20,6 +20,7 @@ from fedrlprune.bench.table import (
     front_line,
     kinds_present,
     markdown_table,
+    time_table,
 )
 
 
@@ -111,6 +112,8 @@ def _setup_lines(
         lines += [f"**{KINDS[kind].title}**", ""]
         lines += markdown_table(table, setup.name, kind)
         lines += ["", front_line(table, setup.name, kind), ""]
+    if timed := time_table(rows, setup.name):
+        lines += [*timed, ""]
     lines += [f"![{p.stem}]({_link(p, link_from)})" for p in plots]
     return [*lines, ""]
 

@@ -259,6 +259,68 @@ def _short(errors: Sequence[str], limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# Time to accuracy (FedMP's own goal): device-simulated seconds until the global model first
+# reaches this share of dense FedAvg's final accuracy on the same setup (mean over its seeds).
+TARGET_SHARE = 0.95
+
+
+def accuracy_target(rows: Iterable[Mapping[str, Any]]) -> float | None:
+    """TARGET_SHARE of the reference's mean final accuracy over its finished runs (one setup)."""
+    dense = [r for r in rows if r.get("method") == REFERENCE and r.get("status") == "ok"]
+    accuracy = _numbers(dense, "final_accuracy")
+    return TARGET_SHARE * statistics.fmean(accuracy) if accuracy else None
+
+
+def time_to_accuracy(
+    rounds: Sequence[Mapping[str, Any]], target: float
+) -> tuple[int, float] | None:
+    """The first round whose global model reaches `target`, and the device-simulated seconds up
+    to its end (each round lasts as long as its slowest accepted client); None if none does.
+
+    `rounds` are metrics.csv's rows in order; a round not evaluated (`eval_every`) has no
+    accuracy and only adds its time.
+    """
+    seconds = 0.0
+    for row in rounds:
+        seconds += as_number(row.get("sim_seconds")) or 0.0
+        accuracy = as_number(row.get("test_accuracy"))
+        if accuracy is not None and accuracy >= target:
+            return int(row["round"]), seconds
+    return None
+
+
+def time_table(rows: Sequence[Mapping[str, Any]], setup: str) -> list[str]:
+    """One setup's time-to-accuracy table from its runs' `sim_seconds_to_target` (runner)."""
+    mine = [r for r in rows if r["setup"] == setup and r.get("status") == "ok"]
+    target = accuracy_target(mine)
+    if target is None:
+        return []
+    lines = [
+        f"**Time to accuracy**: device-simulated seconds until the global model first reaches "
+        f"{target:.4f} ({TARGET_SHARE:.0%} of dense `{REFERENCE}`'s final accuracy here); "
+        "each round lasts as long as its slowest client, on its device tier's speed and links.",
+        "",
+        "| method | runs reaching it | device-sim s to it (mean) | rounds to it (mean) "
+        "| device-sim s, whole run (mean) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for method in dict.fromkeys(str(r["method"]) for r in mine):
+        runs = [r for r in mine if r["method"] == method]
+        to = _numbers(runs, "sim_seconds_to_target")
+        cells = [
+            f"{len(to)}/{len(runs)}",
+            f"{statistics.fmean(to):,.1f}" if to else "not reached",
+            f"{statistics.fmean(_numbers(runs, 'rounds_to_target')):.1f}" if to else "",
+            _fmt_mean(_numbers(runs, "sim_seconds"), "{:,.1f}"),
+        ]
+        lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fmt_mean(values: Sequence[float], fmt: str) -> str:
+    return fmt.format(statistics.fmean(values)) if values else "n/a"
+
+
 @dataclass(frozen=True)
 class SeedGap:
     """One variant over several seeds, against a reference variant run beside it each time."""
