@@ -373,6 +373,13 @@ def test_runs_go_seed_by_seed_and_stop_at_the_time_budget(tmp_path: Path, fake_r
     assert not bench_runner.out_of_time(30, [{"run_seconds": 20}], budget=60)
 
 
+def test_a_suite_runs_its_own_methods_unless_told(tmp_path: Path, fake_runs: list) -> None:
+    suite = replace(QUICK, methods=("fedavg", "uniform"))
+    run_bench(suite, out=tmp_path / "own", live=False)
+    run_bench(suite, methods=["magnitude"], out=tmp_path / "told", live=False)
+    assert [c.method for c in fake_runs] == ["fedavg", "uniform", "magnitude"]
+
+
 def test_a_setup_runs_only_its_own_methods(tmp_path: Path, fake_runs: list) -> None:
     every = QUICK.setups[0]
     few = replace(every, name="few", methods=("magnitude",))

@@ -153,7 +153,7 @@ def run_bench(
 ) -> BenchResult:
     """Run a suite and write its outputs under `out`; return the rows of results.csv.
 
-    methods, setups: bench method names and the suite's setups to run (default: all).
+    methods, setups: bench method names and the suite's setups to run (default: the suite's).
     seeds:   seeds per setup (default: each setup's own count); seeds are 0 .. seeds-1.
     extra:   `key=value` config overrides applied to every run (after the setup's own).
     command: the command line recorded in the outputs (default: this process's argv).
@@ -163,7 +163,7 @@ def run_bench(
     """
     started = time.perf_counter()
     suite = pick_setups(get_suite(suite) if isinstance(suite, str) else suite, setups)
-    names = parse_methods(methods)
+    names = parse_methods(methods or suite.methods)
     max_minutes = _check_args(suite, names, seeds, max_minutes, extra)
     budget = max_minutes * 60 if max_minutes else None
     out = _out_dir(out, suite.name)
