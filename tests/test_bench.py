@@ -337,6 +337,30 @@ def test_a_failing_run_is_recorded_and_the_bench_goes_on(
     assert "client exploded" in (run_dir / "error.txt").read_text()
 
 
+def test_a_run_stopped_part_way_goes_on_from_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedrlprune.federation.checkpoint import CHECKPOINT
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / CHECKPOINT).write_bytes(b"")
+    resumed: list = []
+
+    def resume(results: Path, *, config: object, live: bool) -> dict:
+        resumed.append((results, config))
+        return {"final_accuracy": 0.7}
+
+    def never(*args: object, **kwargs: object) -> dict:
+        raise AssertionError("started again from round 1")
+
+    monkeypatch.setattr("fedrlprune.experiments.runner.resume_experiment", resume)
+    monkeypatch.setattr("fedrlprune.experiments.runner.run_experiment", never)
+    row = bench_runner.one_run(QUICK.setups[0], "fedavg", 0, (), run_dir, live=False)
+    assert row["status"] == "ok" and row["final_accuracy"] == 0.7
+    assert resumed == [(run_dir, bench_runner.run_config(QUICK.setups[0], "fedavg", 0))]
+
+
 @pytest.fixture
 def fake_runs(monkeypatch: pytest.MonkeyPatch) -> list:
     """The configs the bench runs, recorded instead of run (no simulation, no Ray)."""

@@ -289,8 +289,12 @@ def _plan(suite: Suite, names: Sequence[str], seeds: int | None) -> list[tuple[S
 def one_run(
     setup: Setup, method: str, seed: int, extra: Sequence[str], run_dir: Path, live: bool
 ) -> dict[str, Any]:
-    """One run, or its earlier result; a failure becomes a row with the error, not a crash."""
-    from fedrlprune.experiments.runner import run_experiment
+    """One run, or its earlier result; a failure becomes a row with the error, not a crash.
+
+    A run stopped part-way (the bench interrupted) goes on from its last checkpoint.
+    """
+    from fedrlprune.experiments.runner import resume_experiment, run_experiment
+    from fedrlprune.federation.checkpoint import CHECKPOINT
 
     base = {"out_dir": str(run_dir)}
     done = run_dir / "summary.json"
@@ -303,7 +307,12 @@ def one_run(
                 **summary_row(summary)}  # fmt: skip
     started = time.perf_counter()
     try:
-        summary = run_experiment(run_config(setup, method, seed, extra), out_dir=run_dir, live=live)
+        cfg = run_config(setup, method, seed, extra)
+        if (run_dir / CHECKPOINT).is_file():
+            log.info("bench: %s stopped part-way, resumed from its checkpoint", run_dir)
+            summary = resume_experiment(run_dir, config=cfg, live=live)
+        else:
+            summary = run_experiment(cfg, out_dir=run_dir, live=live)
     except Exception as err:  # recorded, and the bench goes on with the next run
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc())
