@@ -184,13 +184,9 @@ def run_bench(
             for setup, method, seed in plan:
                 row: dict[str, Any] = {"setup": setup.name, "method": method, "seed": seed}
                 kind = None if method in unknown else _kind(setup, method, extra)
-                spent = time.perf_counter() - started
                 done = (_run_dir(out, setup, method, seed) / "summary.json").is_file()
-                stop = None
-                if not done and not run:
-                    stop = "not started (--no-run)"
-                elif not done and budget is not None and out_of_time(spent, _timed(rows), budget):
-                    stop = f"time budget of {max_minutes:g} min reached"
+                spent = time.perf_counter() - started
+                stop = None if done else _stop(run, spent, _timed(rows), budget, max_minutes)
                 why = _why_not(setup.name, method, missing, unknown, stop)
                 if why is None:
                     what = f"{setup.name} {method} seed {seed}"
@@ -224,6 +220,21 @@ def _why_not(
         return {"status": "unknown", "error": unknown[method]}
     if stop is not None:
         return {"status": "not run", "error": stop}
+    return None
+
+
+def _stop(
+    run: bool,
+    spent: float,
+    timed: Sequence[Mapping[str, Any]],
+    budget: float | None,
+    max_minutes: float,
+) -> str | None:
+    """Why a run that has not finished is not started now (--no-run, out of time), or None."""
+    if not run:
+        return "not started (--no-run)"
+    if budget is not None and out_of_time(spent, timed, budget):
+        return f"time budget of {max_minutes:g} min reached"
     return None
 
 
