@@ -154,10 +154,14 @@ STANDARD = Suite(
                 "rounds": 20,
                 "local_epochs": 1,
                 "lr": 0.1,
-                "rl_episodes": 8,
+                "rl_episodes": 12,
             },
             seeds=3,
-            why="scikit-learn's digits (no files needed) as a second public dataset",
+            why=(
+                "scikit-learn's digits (no files needed) as a second public dataset; 12 DQN "
+                "episodes a pruning round, since an agent learns once it holds 16 transitions "
+                "(one per pruned layer and episode) and the MLP has 2 pruned layers"
+            ),
         ),
         Setup(
             name="synthetic-mlp",
@@ -173,7 +177,7 @@ STANDARD = Suite(
                 "rounds": 30,
                 "local_epochs": 1,
                 "lr": 0.05,
-                "rl_episodes": 4,
+                "rl_episodes": 12,
             },
             seeds=3,
             why=(
@@ -181,8 +185,7 @@ STANDARD = Suite(
                 "clients (50 to 5,162 samples each at seed 0); every client in every round, "
                 "where dense FedAvg reached 0.90 by round 23 and 0.914 at round 30 in one "
                 "seed-0 run, while with 10 of 30 a round (FedProx's sampling) it swung between "
-                "0.10 and 0.63 for 60 rounds; 4 DQN episodes since all 30 clients prune in "
-                "each pruning round"
+                "0.10 and 0.63 for 60 rounds; 12 DQN episodes a pruning round, as on digits"
             ),
         ),
         Setup(
