@@ -453,10 +453,12 @@ def test_quick_suite_runs_every_method_this_version_has(
             assert (Path(row["out_dir"]) / "summary.json").is_file()
     table = (out / "table.md").read_text()
     budgeted, unstructured = table.split("**Unstructured")
+    unstructured, timed = unstructured.split("**Time to accuracy")
     assert [_methods(budgeted), _methods(unstructured)] == [
         [m for m in METHODS if m == "fedavg" or m in STRUCTURED_RUNS],
         [m for m in METHODS if m == "fedavg" or m in UNSTRUCTURED_RUNS],
     ]
+    assert _methods(timed) == list(METHODS)  # time is time: every method in one table
     assert "Front check (digits-mlp, compact FLOPs): `fedrlprune`" in budgeted
     assert "Front check (digits-mlp, theoretical FLOPs): `fedrlprune-unstructured`" in table
     assert "command: `fedrlprune bench --suite quick`" in table
