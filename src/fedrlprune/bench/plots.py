@@ -21,7 +21,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt
 
-from fedrlprune.bench.table import KINDS, REFERENCE, View, aggregate, as_number, kinds_present
+from fedrlprune.bench.table import (
+    KINDS,
+    REFERENCE,
+    View,
+    aggregate,
+    as_number,
+    elapsed_seconds,
+    kinds_present,
+)
 
 MARKERS = "osD^vP*Xh<>p"
 
@@ -56,10 +64,8 @@ _ELAPSED = "sim_seconds_elapsed"  # device-simulated seconds from the start to a
 
 def _with_elapsed(rounds: list[dict[str, str]]) -> list[dict[str, str]]:
     """The rounds, each with the device-simulated time elapsed at its end."""
-    total = 0.0
-    for row in rounds:
-        total += as_number(row.get("sim_seconds")) or 0.0
-        row[_ELAPSED] = str(total)
+    for row, seconds in zip(rounds, elapsed_seconds(rounds), strict=True):
+        row[_ELAPSED] = str(seconds)
     return rounds
 
 

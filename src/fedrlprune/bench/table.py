@@ -6,6 +6,7 @@ into the published tables can be tested without running anything.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -271,6 +272,11 @@ def accuracy_target(rows: Iterable[Mapping[str, Any]]) -> float | None:
     return TARGET_SHARE * statistics.fmean(accuracy) if accuracy else None
 
 
+def elapsed_seconds(rounds: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Device-simulated seconds from the start to each round's end (metrics.csv's rows)."""
+    return list(itertools.accumulate(as_number(r.get("sim_seconds")) or 0.0 for r in rounds))
+
+
 def time_to_accuracy(
     rounds: Sequence[Mapping[str, Any]], target: float
 ) -> tuple[int, float] | None:
@@ -280,9 +286,7 @@ def time_to_accuracy(
     `rounds` are metrics.csv's rows in order; a round not evaluated (`eval_every`) has no
     accuracy and only adds its time.
     """
-    seconds = 0.0
-    for row in rounds:
-        seconds += as_number(row.get("sim_seconds")) or 0.0
+    for row, seconds in zip(rounds, elapsed_seconds(rounds), strict=True):
         accuracy = as_number(row.get("test_accuracy"))
         if accuracy is not None and accuracy >= target:
             return int(row["round"]), seconds
