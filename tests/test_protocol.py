@@ -51,3 +51,12 @@ def test_config_travels_with_extras_that_cannot_shadow_keys() -> None:
     cfg = Config.from_dict({"dataset": "digits", "rounds": 3, "prune_rate": 0.5})
     back, extra = protocol.config_from_record(protocol.config_record(cfg, round=2, prune_rate=0.1))
     assert back == cfg and extra == {"round": 2, "prune_rate": 0.1}
+
+
+def test_zero_dimensional_buffers_keep_their_shape() -> None:
+    # BatchNorm's num_batches_tracked is 0-d: it used to travel as shape (1,), and every
+    # reply of a BatchNorm model was refused
+    state = {"bn.num_batches_tracked": np.array(7, dtype=np.int64), "w": np.ones((2, 3))}
+    got, _ = protocol.unpack(protocol.pack(state, {}), state)
+    assert got["bn.num_batches_tracked"].shape == ()
+    assert int(got["bn.num_batches_tracked"]) == 7

@@ -105,7 +105,7 @@ def config_from_record(record: ConfigRecord) -> tuple[Config, dict[str, Any]]:
 def pack(state: Mapping[str, np.ndarray], masks: Masks) -> ArrayRecord:
     """A model as it travels: masked parameters sparse (see pruning/payload.py), the rest dense."""
     encoded = payload.encode(dict(state), masks)
-    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in encoded.items()})
+    return ArrayRecord({name: _array(a) for name, a in encoded.items()})
 
 
 def unpack(
@@ -121,9 +121,13 @@ def unpack(
 
 def pack_masks(masks: Masks) -> ArrayRecord:
     """Masks without values (bitmask or index list each, whichever is smaller)."""
-    return ArrayRecord(
-        {k: Array(np.ascontiguousarray(a)) for k, a in payload.encode_masks(masks).items()}
-    )
+    return ArrayRecord({k: _array(a) for k, a in payload.encode_masks(masks).items()})
+
+
+def _array(a: np.ndarray) -> Array:
+    """A Flower Array of `a` in C order, shape kept: `np.ascontiguousarray` alone turns a 0-d
+    buffer (BatchNorm's `num_batches_tracked`) into shape (1,), which the checks then refuse."""
+    return Array(np.ascontiguousarray(a).reshape(a.shape))
 
 
 def unpack_masks(record: ArrayRecord, reference: Mapping[str, np.ndarray]) -> Masks:
