@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fedrlprune.config import Config
-from fedrlprune.errors import FedRLPruneError
+from fedrlprune.errors import FedRLPruneError, RunFailed
 from fedrlprune.experiments.runner import run_experiment
 
 pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for every simulation (conftest)
@@ -211,6 +211,37 @@ def test_more_clients_than_samples_is_refused_before_the_simulation_starts(
     with pytest.raises(FedRLPruneError, match=r"72 samples cannot be split across 100 clients"):
         run_experiment(cfg, out_dir=tmp_path / "r", live=False)
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+class _Broken(nn.Module):
+    """A model every client fails to train: its forward pass raises in train mode."""
+
+    def __init__(self, features: int, classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(features, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError("this device ran out of memory")
+        return self.fc(x.flatten(1))
+
+
+def test_a_run_whose_clients_all_fail_stops_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "r"
+    cfg = {**TINY, "rounds": 5, "max_failed_rounds": 2}
+    with pytest.raises(RunFailed, match=r"last 2 rounds .*client 0: .*ran out of memory"):
+        run_experiment(
+            cfg, model_fn=lambda shape, classes: _Broken(int(np.prod(shape)), classes),
+            out_dir=out, live=False,
+        )  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["rounds_done"] == 2
+    assert "budget_satisfaction" not in summary and "final_accuracy" not in summary
+    lost = [r.getMessage() for r in caplog.records if "clients lost" in r.getMessage()]
+    assert len(lost) == 2 and "3 of 3 clients lost (3 error)" in lost[0]  # one line a round
+    assert "Traceback" not in caplog.text
 
 
 def _slow_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -113,6 +113,12 @@ class Config:
         lo=0.0,
         hi=1e6,
     )
+    bn_refresh: bool = _key(
+        True,
+        "after local training, recompute every BatchNorm's running statistics in one no-grad "
+        "pass over the client's training data (its forward cost counted in the device time), "
+        "so they match the weights as trained; models without BatchNorm are unaffected",
+    )
     partition: str = _key(
         "dirichlet",
         "how the data is split among clients; `natural` (each client holds the samples "
@@ -281,6 +287,13 @@ class Config:
         "seconds the server waits for a round's replies; clients that have not answered by "
         "then are dropped from the round (0 = wait for every client)",
         lo=0,
+    )
+    max_failed_rounds: int = _key(
+        3,
+        "stop the run with an error after this many rounds in a row in which no client's "
+        "update was accepted (0 = never stop)",
+        lo=0,
+        hi=100_000,
     )
     min_clients: int = _key(
         1,

@@ -15,3 +15,7 @@ class DataError(FedRLPruneError):
 
 class PayloadError(FedRLPruneError):
     """A received payload does not fit the model: refused whole, never half-applied."""
+
+
+class RunFailed(FedRLPruneError):
+    """A run that cannot produce a result (no client trained): it stops and says why."""

@@ -100,11 +100,10 @@ class RunProgress:
         if self._progress is not None and self._client_task is not None:
             self._progress.reset(self._client_task, total=clients, info=what)
 
-    def client_done(self, client: int, ok: bool) -> None:
+    def client_done(self) -> None:
+        """One more of the round's clients answered (or failed: the round's log line says)."""
         if self._progress is not None and self._client_task is not None:
             self._progress.advance(self._client_task)
-        if not ok:
-            log.warning("client %d failed this round (see run.log)", client)
 
     def round_done(self, rnd: int, summary: str) -> None:
         if self._progress is not None and self._round_task is not None:

@@ -89,26 +89,30 @@ def _simulate(
     live: bool | None,
     resume: RunState | None = None,
 ) -> dict[str, Any] | None:
-    """The run on Flower's simulation engine; its summary, or None if it stopped early. The
+    """The run on Flower's simulation engine; its summary, None if it stopped early, or the
+    error that stopped it raised again (a run whose clients all fail, RunFailed). The
     clients' partitions are computed first, so a config that cannot be split (more clients
     than samples) is refused here, before any worker starts."""
     if dataset is not None:
         federate(cfg, dataset)  # raises DataError, naming the fix
     else:
         federate_named(cfg)
-    summaries: list[dict[str, Any]] = []
+    results: list[dict[str, Any] | FedRLPruneError] = []
     server = make_server_app(
         cfg,
         out,
         model_fn=model_fn,
         data=dataset,
         live=live,
-        on_summary=summaries.append,
+        on_result=results.append,
         resume=resume,
     )
     nodes = simulated_nodes_for(cfg.clients, cfg.per_round())
     run_simulation(server, make_client_app(model_fn=model_fn, data=dataset), nodes)
-    return summaries[0] if summaries else None
+    result = results[0] if results else None
+    if isinstance(result, FedRLPruneError):
+        raise result  # raised in the engine's thread, where it would only be logged
+    return result
 
 
 def _as_config(config: Config | Mapping[str, Any] | str | Path | None) -> Config:

@@ -163,6 +163,52 @@ def groups(per_client: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def short_reason(detail: str, limit: int = 300) -> str:
+    """The line of an error report that says what went wrong: the last non-empty line of a
+    traceback (the exception and its message), without the quoting a remote engine adds."""
+    lines = [line.strip() for line in detail.strip().splitlines() if line.strip(" '\"<>")]
+    line = lines[-1].strip(" '\"<>") if lines else "no reason given"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def failure_line(rnd: int, chosen: int, lost: Drops) -> str:
+    """One log line for the clients a round lost: how many, why, and the first one's cause."""
+    kinds = sorted({reason for reason, _ in lost.values()})
+    counts = ", ".join(f"{sum(r == k for r, _ in lost.values())} {k}" for k in kinds)
+    cid, (_, detail) = min(lost.items())
+    return (
+        f"round {rnd}: {len(lost)} of {chosen} clients lost ({counts}); "
+        f"first, client {cid}: {short_reason(detail)}"
+    )
+
+
+def failed_run(
+    rows: list[dict[str, Any]],
+    dropped: dict[str, list[dict[str, Any]]],
+    limit: int,
+    finished: bool = False,
+) -> str | None:
+    """Why a run cannot give a result, or None: its last `limit` rounds (0: never stop) accepted
+    no client's reply, or (`finished`) no round ever did. `dropped`: summary.json's entries."""
+    replied = [int(r["clients_replied"]) for r in rows]
+    stuck = limit > 0 and len(replied) >= limit and not any(replied[-limit:])
+    if not (stuck or (finished and not any(replied))):
+        return None
+    last = int(rows[-1]["round"]) if rows else 0
+    entries = dropped.get(str(last), [])
+    cause = (
+        f"round {last}, client {entries[0]['client']}: {short_reason(entries[0]['detail'])}"
+        if entries
+        else "no client was selected"
+    )
+    what = f"the last {limit} rounds" if stuck else "any round"
+    return (
+        f"no client's update was accepted in {what} ({cause}). Fix that cause (summary.json's "
+        "`dropped_clients` holds every client's full error); if clients are only slow, raise "
+        "`round_timeout`; `max_failed_rounds` = 0 never stops a run"
+    )
+
+
 def drop_entries(drops: Drops) -> list[dict[str, Any]]:
     """Dropped clients as summary.json lists them: client, reason, detail, in client order."""
     return [

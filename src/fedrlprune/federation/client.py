@@ -26,7 +26,15 @@ from fedrlprune.pruning.compact import pruned_channels
 from fedrlprune.pruning.masks import apply_masks, pruning_targets
 from fedrlprune.pruning.submodel import SubModel, expand, extract, to_compact
 from fedrlprune.state import Masks, State
-from fedrlprune.training import as_tensors, evaluate, get_state, round_lr, set_state, train
+from fedrlprune.training import (
+    as_tensors,
+    evaluate,
+    get_state,
+    refresh_batchnorm,
+    round_lr,
+    set_state,
+    train,
+)
 
 if TYPE_CHECKING:
     from fedrlprune.config import Config
@@ -72,6 +80,9 @@ def train_round(
         core=local.core,
         max_grad_norm=cfg.max_grad_norm,
     )
+    refreshed = (
+        refresh_batchnorm(local.data.model, data.x_train, cfg.batch_size) if cfg.bn_refresh else 0
+    )
     start = time.perf_counter()
     local.write_back(data.model, apply_masks(pruned.state, pruned.masks))
     compact_seconds += time.perf_counter() - start
@@ -82,6 +93,7 @@ def train_round(
         "epochs": cfg.local_epochs,
         "train-loss": result.loss,
         "train-seconds": result.seconds,
+        "bn-refresh-samples": refreshed,
         "compact-training": int(local.sub is not None),
         "compact-seconds": compact_seconds if local.sub is not None else 0.0,
     }

@@ -187,7 +187,8 @@ class Federation:
         """Device-simulated (seconds, joules) of this client's round on its tier, every record it
         was sent counted in its download. The reply's state is already zero where its mask
         prunes, so its compute is the pruned model's, plus the core's forward and backward pass
-        when the client trained it too (a core smaller than its own model)."""
+        when the client trained it too (a core smaller than its own model), plus the forward pass
+        that refreshed its BatchNorm statistics."""
         own = self.facts.cost(reply.state)
         flops = own.effective_flops
         if core:
@@ -197,9 +198,10 @@ class Federation:
             if sub.nonzero_params < own.nonzero_params:
                 flops += sub.effective_flops
         samples = int(reply.metrics["num-examples"]) * int(reply.metrics.get("epochs", 1))
+        refresh = own.effective_flops * int(reply.metrics.get("bn-refresh-samples", 0))
         profile = TIERS[self.fleet.clients[cid].tier]
         return simulated_round(
-            profile, training_flops(flops, samples), reply.upload_bytes, download
+            profile, training_flops(flops, samples) + refresh, reply.upload_bytes, download
         )
 
     # ------------------------------------------------------------------------- deployment

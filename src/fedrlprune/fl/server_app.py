@@ -23,10 +23,18 @@ from flwr.serverapp import Grid, ServerApp
 from fedrlprune.config import Config
 from fedrlprune.data.federated import federate, federate_named, global_test, named_dataset
 from fedrlprune.data.loaders import ArrayDataset
-from fedrlprune.errors import FedRLPruneError, PayloadError
+from fedrlprune.errors import FedRLPruneError, PayloadError, RunFailed
 from fedrlprune.experiments.progress import RunProgress
 from fedrlprune.experiments.results import RunRecorder, default_out_dir
-from fedrlprune.experiments.stats import Drops, layer_rates, round_line, round_row, summary
+from fedrlprune.experiments.stats import (
+    Drops,
+    failed_run,
+    failure_line,
+    layer_rates,
+    round_line,
+    round_row,
+    summary,
+)
 from fedrlprune.federation import client as local_work
 from fedrlprune.federation.checkpoint import CHECKPOINT, RunState, check_resumable, save_run_state
 from fedrlprune.federation.client import client_data
@@ -86,6 +94,8 @@ def serve(
                 row = run_round(grid, nodes, fed, rnd, progress, recorder, dense, simulation)
                 checkpoint()
                 progress.round_done(rnd, round_line(row))
+                stop_if_failed(recorder.rows, fed, cfg.max_failed_rounds)
+            stop_if_failed(recorder.rows, fed, cfg.max_failed_rounds, finished=True)
             rounds_done = time.perf_counter()
             if simulation:
                 per_client = simulated_deploy(fed, model_fn, data, progress)
@@ -102,11 +112,40 @@ def serve(
         _save_models(fed, out_dir)
         checkpoint(finished=True)
         result = recorder.finish(result)
+    except RunFailed as err:
+        log.error("the run failed: %s", err)
+        recorder.write_json("summary.json", _failed_summary(fed, recorder.rows, str(err)))
+        recorder.close()
+        raise
     except BaseException:
         recorder.close()
         raise
     log.info("results in %s", out_dir)
     return result
+
+
+def stop_if_failed(
+    rows: list[dict[str, Any]], fed: Federation, limit: int, finished: bool = False
+) -> None:
+    """RunFailed when the run cannot give a result: its last `limit` rounds (0: never) accepted
+    no reply, or it ended without any round that did."""
+    why = failed_run(rows, fed.dropped, limit, finished)
+    if why is not None:
+        raise RunFailed(why)
+
+
+def _failed_summary(fed: Federation, rows: list[dict[str, Any]], error: str) -> dict[str, Any]:
+    """summary.json of a run that stopped without a result: why, and no model figures (no
+    client ever trained what they would describe)."""
+    cfg = fed.cfg
+    return {
+        "status": "failed",
+        "error": error,
+        "method": cfg.method,
+        "rounds_done": len(rows),
+        "clients_replied": [int(r["clients_replied"]) for r in rows],
+        "dropped_clients": fed.dropped,
+    }
 
 
 def _save_models(fed: Federation, out_dir: Path) -> None:
@@ -162,6 +201,8 @@ def run_round(
     accepted, refused = accept(replies, expected, rnd)
     down = {c: protocol.download_bytes(content) for c, content in sent.items()}
     outcome = fed.settle(rnd, orders, accepted, lost | refused, down)
+    if outcome.lost:
+        log.warning(failure_line(rnd, len(chosen), outcome.lost))
     for cid, reply in accepted.items() if outcome.updated else ():
         rec = fed.fleet.clients[cid]
         heldout = cid in fed.fleet.heldout
@@ -209,7 +250,7 @@ def simulated_deploy(
         state = apply_masks(fed.state, orders.masks) if orders.masks else fed.state
         update = local_work.deploy(cfg, local, state, orders.masks, orders)
         answers[cid] = (update.masks, float(update.metrics["test-accuracy"]))
-        progress.client_done(cid, True)
+        progress.client_done()
     return fed.deployed(answers, {})
 
 
@@ -247,8 +288,7 @@ def accept(
         try:
             accepted[cid] = check_reply(reply.content, expected[cid])
         except PayloadError as err:
-            log.warning("round %d: refused the reply of client %d: %s", rnd, cid, err)
-            refused[cid] = ("refused", str(err))
+            refused[cid] = ("refused", f"reply refused: {err}")
     return accepted, refused
 
 
@@ -373,20 +413,13 @@ def exchange(
             if cid is None:
                 continue  # not a reply this call waits for
             if reply.has_error():
-                log.warning("round %d: client %d failed: %s", rnd, cid, reply.error.reason)
                 drops[cid] = ("error", reply.error.reason or "no reason given")
             else:
                 replies[cid] = reply
-            progress.client_done(cid, not reply.has_error())
+            progress.client_done()
         if waiting and time.monotonic() >= deadline:
             for cid in waiting.values():
-                log.warning(
-                    "round %d: client %d did not reply within round_timeout=%g s; dropped",
-                    rnd,
-                    cid,
-                    cfg.round_timeout,
-                )
-                drops[cid] = ("timeout", f"no reply within {cfg.round_timeout:g} s")
+                drops[cid] = ("timeout", f"no reply within round_timeout={cfg.round_timeout:g} s")
             break
         if waiting:
             time.sleep(0.05)
@@ -400,20 +433,25 @@ def make_server_app(
     model_fn: ModelFactory | None = None,
     data: ArrayDataset | None = None,
     live: bool | None = None,
-    on_summary: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[dict[str, Any] | FedRLPruneError], None] | None = None,
     resume: RunState | None = None,
 ) -> ServerApp:
-    """A ServerApp bound to a config (the simulation path of `fedrlprune run` and the API)."""
+    """A ServerApp bound to a config (the simulation path of `fedrlprune run` and the API).
+    `on_result` gets the summary, or the error a user can act on that stopped the run (the
+    engine would bury it in its own log)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        summary = serve(
-            grid, cfg, out_dir, model_fn=model_fn, data=data, live=live, resume=resume,
-            simulation=True,
-        )  # fmt: skip
-        if on_summary is not None:
-            on_summary(summary)
+        try:
+            result: dict[str, Any] | FedRLPruneError = serve(
+                grid, cfg, out_dir, model_fn=model_fn, data=data, live=live, resume=resume,
+                simulation=True,
+            )  # fmt: skip
+        except FedRLPruneError as err:
+            result = err
+        if on_result is not None:
+            on_result(result)
 
     return app
 

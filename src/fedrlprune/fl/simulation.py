@@ -104,6 +104,12 @@ def simulated_nodes_for(clients: int, per_round: int) -> int:
     return min(clients, per_round)
 
 
+def _not_a_client_error(record: logging.LogRecord) -> bool:
+    """Drop the engine's own report of a ClientApp that raised (a traceback per client per
+    round): the error reply carries it, and the round's one log line names the first."""
+    return not record.pathname.endswith(os.path.join("fleet", "vce", "vce_api.py"))
+
+
 def run_simulation(server: Any, client: Any, nodes: int) -> None:
     """Flower's simulation engine (Ray) with `nodes` simulated SuperNodes, quiet: our own
     progress and logs say what happens."""
@@ -112,6 +118,7 @@ def run_simulation(server: Any, client: Any, nodes: int) -> None:
     flwr_log = logging.getLogger("flwr")
     level = flwr_log.level
     flwr_log.setLevel(logging.ERROR)
+    flwr_log.addFilter(_not_a_client_error)
     backend = {
         "init_args": _ray_init_args(),
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -127,3 +134,4 @@ def run_simulation(server: Any, client: Any, nodes: int) -> None:
             )
     finally:
         flwr_log.setLevel(level)
+        flwr_log.removeFilter(_not_a_client_error)
