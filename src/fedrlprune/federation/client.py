@@ -139,9 +139,13 @@ def local_training(
 
 def deploy(cfg: Config, data: ClientData, state: State, masks: Masks, orders: Orders) -> Update:
     """Prune the final global model to this client's final budget (the method's rule, the policy
-    as it is), evaluate it on the local test split."""
+    as it is), recompute its BatchNorm statistics on the local training data (`bn_refresh`:
+    the merged ones mix the statistics of sub-models of other widths), evaluate it on the
+    local test split."""
     pruned = METHODS[cfg.method].prune(cfg, data, state, masks, orders)
     set_state(data.model, pruned.state)
+    if cfg.bn_refresh:
+        refresh_batchnorm(data.model, data.x_train, cfg.batch_size)
     loss, acc = evaluate(data.model, data.x_test, data.y_test)
     metrics = dict(pruned.metrics) | {
         "partition-id": int(data.stats["client"]),
@@ -149,7 +153,7 @@ def deploy(cfg: Config, data: ClientData, state: State, masks: Masks, orders: Or
         "test-loss": loss,
         "test-accuracy": acc,
     }
-    return Update(pruned.state, pruned.masks, metrics)
+    return Update(get_state(data.model), pruned.masks, metrics)
 
 
 def client_data(
