@@ -43,7 +43,7 @@ def pruned_pair(name: str, seed: int) -> tuple[nn.Module, nn.Module, list[str]]:
     """(masked dense model, its compact copy, pruned layers): all layers but the head at RATE."""
     torch.manual_seed(seed)
     model = build_model(name, SHAPE, 10).eval()
-    layers = [n for n in prunable_layers(model) if n != classifier_name(model)]
+    layers = [n for n in prunable_layers(model) if n != classifier_name(model, SHAPE)]
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     masks = magnitude_masks(state, dict.fromkeys(layers, RATE), mode="structured")
     mask_model(model, masks)

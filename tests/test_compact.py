@@ -318,3 +318,45 @@ def test_group_masks_compact_any_cnn_and_run_in_onnx(name: str, tmp_path: Path) 
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(3))
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     np.testing.assert_allclose(got, masked_outputs(model, masks, x).numpy(), atol=1e-4, rtol=1e-4)
+
+
+class NiN(nn.Module):
+    """Network-in-Network style: no linear layer; a 1x1 conv makes one map per class and global
+    average pooling turns the maps into logits."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        )  # fmt: skip
+        self.head = nn.Conv2d(32, num_classes, 1)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.head(self.features(x)))
+
+
+def test_conv_head_keeps_its_classes_through_structured_pruning_and_onnx(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = NiN(1, 10)
+    randomise_norms(model)
+    targets = pruning_targets(model, input_shape=MNIST)
+    assert targets == ["features.0", "features.3", "features.7"]
+    # Even named as a target the head has no group: nothing reads its channels.
+    everything = channel_groups(model, MNIST, pruning_targets(model, skip=[]))
+    assert all("head" not in group.layers for group in everything)
+    groups = channel_groups(model, MNIST, targets)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    masks = magnitude_masks(state, dict.fromkeys(targets, 0.5), "structured", groups=groups)
+    assert not any(key.startswith("head.") for key in masks)
+
+    compact = check_same_outputs(model, masks, MNIST).eval()
+    assert (compact.head.in_channels, compact.head.out_channels) == (16, 10)
+    path = export_onnx(compact, MNIST, tmp_path / "nin.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, *MNIST, generator=torch.Generator().manual_seed(3))
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert got.shape == (2, 10)
+    np.testing.assert_allclose(got, masked_outputs(model, masks, x).numpy(), atol=1e-4, rtol=1e-4)

@@ -84,9 +84,33 @@ def test_prunable_layers_finds_convs_inside_resnet_blocks() -> None:
     assert names[-1] == classifier_name(model) == "fc"
 
 
-def test_classifier_name_needs_a_linear() -> None:
-    with pytest.raises(ConfigError, match=r"nn\.Linear"):
-        classifier_name(nn.Sequential(nn.Conv2d(1, 1, 1)))
+class HeadFirstNiN(nn.Module):
+    """NiN-style: the logits come from a 1x1 conv and global pooling, the head defined first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(8, 10, 1)
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).mean((2, 3))
+
+
+def test_classifier_name_finds_a_conv_head() -> None:
+    nin = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    assert classifier_name(nin) == classifier_name(nin, MNIST) == "2"
+    # The forward pass, not the definition order, says which layer makes the logits.
+    assert classifier_name(HeadFirstNiN(), MNIST) == "head"
+    assert classifier_name(HeadFirstNiN()) == "features.2"
+    # Without a shape a linear layer wins over a conv defined after it.
+    assert classifier_name(nn.Sequential(nn.Linear(4, 4), nn.Conv1d(1, 1, 1))) == "0"
+
+
+def test_classifier_name_needs_a_conv_or_linear() -> None:
+    with pytest.raises(ConfigError, match=r"no conv or linear layer.*end the model with"):
+        classifier_name(nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4)))
 
 
 def test_model_cost_with_half_a_layer_zeroed() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -104,9 +106,26 @@ def test_natural_without_owners_or_with_a_client_left_out_is_refused() -> None:
 
 
 def test_dirichlet_failure_becomes_data_error() -> None:
-    labels = np.zeros(40, dtype=np.int64)  # one class: tiny alpha leaves clients below 4 samples
-    with pytest.raises(DataError, match="fewer clients, a larger alpha"):
+    labels = np.zeros(40, dtype=np.int64)  # one class: tiny alpha leaves clients with nothing
+    with pytest.raises(
+        DataError, match=r"fewer than 10 clients, an alpha above 0\.01 or more than 40"
+    ):
         partition_indices(labels, 10, "dirichlet", alpha=0.01)
+
+
+def test_dirichlet_over_many_small_clients_asks_a_smaller_minimum(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    labels = np.random.default_rng(0).permutation(np.arange(30_000) % 10)  # Fashion-MNIST's half
+    with caplog.at_level(logging.INFO, logger="fedrlprune"):
+        parts = partition_indices(labels, 1000, "dirichlet", alpha=0.5, seed=0)
+    assert len(parts) == 1000 and min(len(p) for p in parts) >= 5
+    assert_disjoint_cover(parts, 30_000)
+    assert "no draw gave each of 1000 clients 10 samples; the smallest hold at least 5" in (
+        caplog.text
+    )
+    again = partition_indices(labels, 1000, "dirichlet", alpha=0.5, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
 def test_pathological_too_many_clients_per_class_becomes_data_error() -> None:

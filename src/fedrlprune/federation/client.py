@@ -186,7 +186,7 @@ def client_data(
         input_shape=ds.input_shape,
         num_classes=ds.num_classes,
         stats=stats,
-        targets=pruning_targets(model, cfg.skip_list()),
+        targets=pruning_targets(model, cfg.skip_list(), ds.input_shape),
         factory=factory,
     )
 

@@ -67,7 +67,7 @@ class ModelFacts:
         structured: bool = False,
     ) -> ModelFacts:
         named = dict(model.named_parameters())
-        targets = tuple(pruning_targets(model, skip))
+        targets = tuple(pruning_targets(model, skip, input_shape))
         first = next(iter(named.values()), None)
         return cls(
             params=tuple(named),

@@ -28,14 +28,19 @@ from fedrlprune.state import Masks
 MODES = ("unstructured", "structured")
 
 
-def pruning_targets(model: nn.Module, skip: Sequence[str] | None = None) -> list[str]:
+def pruning_targets(
+    model: nn.Module,
+    skip: Sequence[str] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> list[str]:
     """Prunable layers to prune, in definition order; by default the classifier head stays dense.
 
-    A bare string in ``skip`` is one layer name, not a list of characters.
+    A bare string in ``skip`` is one layer name, not a list of characters. ``input_shape`` (per
+    sample) lets ``classifier_name`` find the head by running the model, not by its type.
     """
     layers = list(prunable_layers(model))
     if skip is None:
-        skipped = {classifier_name(model)}
+        skipped = {classifier_name(model, input_shape)}
     else:
         skipped = {skip} if isinstance(skip, str) else set(skip)
     unknown = sorted(skipped - set(layers))

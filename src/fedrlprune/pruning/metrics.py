@@ -5,6 +5,7 @@ matmul (``2 * Cout * Hout * Wout * Cin/groups * k * k`` for a conv, ``2 * in * o
 linear layer, per sample); bias adds, activations, pooling and normalisation count as 0.
 """
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,15 +25,50 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, PRUNABLE_TYPES)}
 
 
-def classifier_name(model: nn.Module) -> str:
-    """Name of the last ``nn.Linear``: the head that pruning leaves dense by default."""
-    linears = [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
-    if not linears:
+def classifier_name(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> str:
+    """Name of the layer that makes the logits: the head pruning leaves whole by default.
+
+    With ``input_shape`` (per sample) it is the last conv/linear layer a forward pass runs, so a
+    1x1 conv before global pooling (NiN, SqueezeNet) is found wherever it is defined; without,
+    the last ``nn.Linear`` in definition order, else the last conv.
+    """
+    layers = prunable_layers(model)
+    if not layers:
         raise ConfigError(
-            f"{type(model).__name__} has no nn.Linear layer to act as classifier head; "
-            "end the model with an nn.Linear"
+            f"{type(model).__name__} has no conv or linear layer to act as classifier head; "
+            "end the model with an nn.Linear or a conv with one output channel per class"
         )
-    return linears[-1]
+    ran = _layers_run(model, layers, input_shape) if input_shape is not None else []
+    linears = [name for name, mod in layers.items() if isinstance(mod, nn.Linear)]
+    return (ran or linears or list(layers))[-1]
+
+
+def _layers_run(
+    model: nn.Module, layers: Mapping[str, nn.Module], input_shape: tuple[int, ...]
+) -> list[str]:
+    """Names of ``layers`` in the order one eval-mode forward pass of a zeros sample runs them."""
+    ran: list[str] = []
+    handles = [
+        layer.register_forward_hook(lambda *_, name=name: ran.append(name))
+        for name, layer in layers.items()
+    ]
+    try:
+        one_pass(model, _zeros(model, input_shape), contextlib.nullcontext())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ran
+
+
+def _zeros(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """One zeros sample of ``input_shape`` on the model's device and in its dtype."""
+    param = next(model.parameters(), None)
+    return torch.zeros(
+        1,
+        *input_shape,
+        device=param.device if param is not None else None,
+        dtype=param.dtype if param is not None else None,
+    )
 
 
 def _count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dict[str, int], int]:
@@ -43,13 +79,7 @@ def _count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dict[s
     """
     layers = prunable_layers(model)
     per_layer = dict.fromkeys(layers, 0)
-    param = next(model.parameters(), None)
-    x = torch.zeros(
-        1,
-        *input_shape,
-        device=param.device if param is not None else None,
-        dtype=param.dtype if param is not None else None,
-    )
+    x = _zeros(model, input_shape)
     counter = FlopCounterMode(display=False)
     start: dict[str, int] = {}
     handles = []
