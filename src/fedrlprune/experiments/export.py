@@ -18,7 +18,7 @@ import numpy as np
 
 from fedrlprune.config import Config
 from fedrlprune.data.federated import named_dataset
-from fedrlprune.data.loaders import ArrayDataset
+from fedrlprune.data.user import UserData, user_dataset
 from fedrlprune.errors import FedRLPruneError
 from fedrlprune.experiments.latency import deployable
 from fedrlprune.federation.checkpoint import CHECKPOINT
@@ -59,9 +59,13 @@ def export_results(
     results: Path,
     *,
     model_fn: ModelFactory | None = None,
-    data: ArrayDataset | None = None,
+    data: UserData | None = None,
 ) -> list[dict[str, Any]]:
-    """Write `export/` in the results folder: ONNX models and `export.md`; return the rows."""
+    """Write `export/` in the results folder: ONNX models and `export.md`; return the rows.
+
+    `model_fn` and `data` take what `run_experiment` took (data: the four arrays, a (train,
+    test) pair of torch Datasets, or an ArrayDataset), so a run is exported with its own inputs.
+    """
     cfg = Config.load(results / "config.toml")
     summary = json.loads((results / "summary.json").read_text())
     if summary.get("model") == "user" and model_fn is None:
@@ -69,7 +73,7 @@ def export_results(
             "this run used your own model: export it from Python with "
             "export_results(path, model_fn=..., data=...)"
         )
-    dataset = data if data is not None else named_dataset(cfg)
+    dataset = user_dataset(data) if data is not None else named_dataset(cfg)
     shape = dataset.input_shape
     factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
     state, global_masks, client_masks = load_checkpoint(results / CHECKPOINT)
