@@ -17,6 +17,8 @@ from fedrlprune.errors import DataError
 
 # `synthetic` is generated from the config, not loaded: see data/synthetic.py.
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "digits", "npz", "synthetic")
+# What config.toml records for data given from Python (run_experiment(data=...)): not loadable.
+USER_DATA = "user"
 
 # Folders that distribution packages install datasets into; a dict so tests can monkeypatch it.
 SYSTEM_LOCATIONS: dict[str, list[str]] = {
