@@ -169,6 +169,7 @@ def test_magnitude_run_prunes_within_budgets_and_exports(
     # Latency is measured (its value is not asserted: the machine is shared and noisy).
     assert s["dense_latency_ms"] > 0 and s["deployed_latency_speedup"] > 0
     assert all(c["latency_ms"] > 0 for c in s["per_client"])
+    assert all(isinstance(c["latency_within_noise"], bool) for c in s["per_client"])
 
     from fedrlprune.cli import main
 
@@ -176,6 +177,7 @@ def test_magnitude_run_prunes_within_budgets_and_exports(
     assert "exported" in capsys.readouterr().out
     table = (out / "export" / "export.md").read_text()
     assert "compact (channels removed)" in table and "latency_speedup" in table
+    assert "latency_within_noise" in table and "latency_iqr_ms" in table
     assert "effective_flops (compact)" in table and "memory_bytes" in table
     tiers = {c["tier"]: c["memory_bytes"] for c in reversed(s["per_client"])}  # first client
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
