@@ -25,6 +25,10 @@ def test_keys_lists_every_config_key(capsys: pytest.CaptureFixture[str]) -> None
         (["run", "--set", "colour=red"], ["unknown config key", "colour"]),
         (["run", "--config", "missing.toml"], ["missing.toml", "does not exist"]),
         (["run", "--set", "dataset=npz", "--set", "data_path=/nowhere.npz"], ["nowhere"]),
+        (
+            ["run", "--set", "data_path=/nonexistent/fmnist"],
+            ["data_path", "/nonexistent/fmnist", "does not exist"],
+        ),
     ],
 )
 def test_user_mistakes_exit_2_with_a_message(

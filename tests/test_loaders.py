@@ -135,21 +135,35 @@ def test_nothing_found_lists_every_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     monkeypatch.setenv(loaders.ENV_VAR, str(tmp_path / "store"))
-    given = tmp_path / "given"
-    given.mkdir()
+    (tmp_path / "store" / name).mkdir(parents=True)
     with pytest.raises(DataError) as info:
-        load_dataset(name, str(given))
+        load_dataset(name)
     message = str(info.value)
     for place in (
-        given,
         tmp_path / "store" / name,
         tmp_path / "system" / name,
         tmp_path / "home" / ".cache" / "fedrlprune" / name,
     ):
         assert str(place) in message
-    assert "missing" in message  # the given folder exists but lacks the files
+    assert "missing" in message  # the env folder exists but lacks the files
     assert ("apt-get install dataset-fashion-mnist" in message) == (name == "fashion-mnist")
     assert "data_path" in message
+
+
+def test_data_path_alone_is_searched_when_set(tmp_path: Path) -> None:
+    """A folder the user named is never swapped for a copy found elsewhere."""
+    write_idx_folder(tmp_path / "system" / "mnist", gz=True)  # a copy the search would find
+    assert load_dataset("mnist").num_classes == 10
+    given = tmp_path / "given"
+    given.mkdir()
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", str(given))
+    assert str(given) in str(info.value) and str(tmp_path / "system") not in str(info.value)
+    for missing in (tmp_path / "nonexistent" / "fmnist", tmp_path / "a-file"):
+        (tmp_path / "a-file").touch()
+        with pytest.raises(DataError, match="data_path") as info:
+            load_dataset("mnist", str(missing))
+        assert str(missing) in str(info.value) and "leave it empty" in str(info.value)
 
 
 def test_partial_folder_reports_missing_file(tmp_path: Path) -> None:

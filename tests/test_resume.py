@@ -140,11 +140,31 @@ def test_resume_mistakes_exit_2_naming_the_problem_and_the_fix(
         assert word in err
 
 
-def test_a_new_run_refuses_the_folder_of_a_stopped_one(tmp_path: Path) -> None:
+def test_a_new_run_refuses_the_folder_of_a_stopped_one_in_the_callers_terms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = Config.from_dict({"dataset": "digits", "model": "mlp", "clients": 4, "rounds": 3})
     out = _stopped_run(tmp_path / "run", cfg)
-    with pytest.raises(FedRLPruneError, match="--resume"):
+    with pytest.raises(FedRLPruneError) as err:
         run_experiment(cfg, out_dir=out, live=False)
+    assert "resume_experiment(" in str(err.value) and "out_dir" in str(err.value)
+    assert "--out" not in str(err.value)
+    assert main(["run", "--out", str(out)]) == 2
+    said = capsys.readouterr().err
+    assert f"fedrlprune run --resume {out}" in said and "--out folder" in said
+    assert "out_dir" not in said
+
+
+def test_a_run_with_your_own_model_and_data_resumes_only_with_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = Config.from_dict({"dataset": "user", "model": "user", "clients": 4, "rounds": 3})
+    out = _stopped_run(tmp_path / "run", cfg)
+    assert main(["run", "--resume", str(out)]) == 2
+    said = capsys.readouterr().err
+    assert "own model_fn and data" in said and "resume_experiment(" in said
+    with pytest.raises(FedRLPruneError, match=r"own data: .*data=\.\.\.\)$"):
+        resume_experiment(out, model_fn=lambda shape, classes: None, live=False)  # type: ignore
 
 
 def test_flwr_run_resumes_through_its_run_config(tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from fedrlprune.config import Config
+from fedrlprune.config import Config, read_toml
 from fedrlprune.errors import FedRLPruneError, RunFailed
+from fedrlprune.experiments.export import export_results
 from fedrlprune.experiments.runner import run_experiment
 
 pytestmark = pytest.mark.usefixtures("one_ray")  # one Ray for every simulation (conftest)
@@ -113,14 +114,23 @@ def test_user_model_and_user_arrays_through_the_api(tmp_path: Path) -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(torch.relu(self.conv(x)).flatten(1))
 
-    summary = run_experiment(
-        {"method": "fedavg", "clients": 2, "rounds": 3, "partition": "iid", "lr": 0.05},
-        model_fn=lambda shape, classes: Tiny(shape[0], classes),
-        data=(x_train, y_train, x_test, y_test),
-        out_dir=tmp_path / "user",
-        live=False,
-    )
+    cfg = {"method": "fedavg", "clients": 2, "rounds": 3, "partition": "iid", "lr": 0.05}
+    model_fn = lambda shape, classes: Tiny(shape[0], classes)  # noqa: E731
+    data = (x_train, y_train, x_test, y_test)
+    out = tmp_path / "user"
+    summary = run_experiment(cfg, model_fn=model_fn, data=data, out_dir=out, live=False)
     assert summary["model"] == "user" and summary["dataset"] == "user-arrays"
+    recorded = read_toml(out / "config.toml")  # what ran, not the defaults it replaced
+    assert (recorded["model"], recorded["dataset"]) == ("user", "user")
+    assert "fedavg user/user" in (out / "run.log").read_text()
+    # export takes the very arguments the run took
+    rows = export_results(out, model_fn=model_fn, data=data)
+    assert rows[0]["model"] == "dense" and (out / "export" / "dense.onnx").is_file()
+    with pytest.raises(FedRLPruneError, match="data="):
+        export_results(out, model_fn=model_fn)
+    with pytest.raises(FedRLPruneError, match="out_dir") as err:
+        run_experiment(cfg, model_fn=model_fn, data=data, out_dir=out, live=False)
+    assert "--out" not in str(err.value)
     assert summary["final_accuracy"] > 0.9  # well-separated blobs
     assert summary["dense_params"] == (2 * 9 * 4 + 4) + (64 * 3 + 3)
     # conv: 2 * 4 out * 16 positions * 2 in * 9 ; linear: 2 * 64 * 3
@@ -159,6 +169,7 @@ def test_magnitude_run_prunes_within_budgets_and_exports(
     # Latency is measured (its value is not asserted: the machine is shared and noisy).
     assert s["dense_latency_ms"] > 0 and s["deployed_latency_speedup"] > 0
     assert all(c["latency_ms"] > 0 for c in s["per_client"])
+    assert all(isinstance(c["latency_within_noise"], bool) for c in s["per_client"])
 
     from fedrlprune.cli import main
 
@@ -166,6 +177,7 @@ def test_magnitude_run_prunes_within_budgets_and_exports(
     assert "exported" in capsys.readouterr().out
     table = (out / "export" / "export.md").read_text()
     assert "compact (channels removed)" in table and "latency_speedup" in table
+    assert "latency_within_noise" in table and "latency_iqr_ms" in table
     assert "effective_flops (compact)" in table and "memory_bytes" in table
     tiers = {c["tier"]: c["memory_bytes"] for c in reversed(s["per_client"])}  # first client
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from fedrlprune.config import Config
-from fedrlprune.experiments.tiers import dense_reference, tier_lines, tier_rows
+from fedrlprune.experiments.tiers import NOISE_LEGEND, dense_reference, tier_lines, tier_rows
 
 
 def _client(tier: str, params: int, acc: float, speedup: float) -> dict:
@@ -51,3 +51,11 @@ def test_closing_lines_name_the_dense_run_or_say_there_is_none(tmp_path: Path) -
         "per_client": [{**c, "latency_speedup": None} for c in SUMMARY["per_client"]],
     }
     assert " n/a " in tier_lines(unmeasured, None)[1]  # latency_runs = 0 writes null
+    assert NOISE_LEGEND not in lines
+
+
+def test_a_tier_whose_speedup_is_within_the_noise_is_marked_with_a_legend() -> None:
+    clients = [{**c, "latency_within_noise": c["tier"] == "mcu"} for c in SUMMARY["per_client"]]
+    lines = tier_lines({**SUMMARY, "per_client": clients}, None)
+    assert "~5.00x" in lines[1] and "~" not in lines[2]  # mcu, then phone
+    assert lines[3] == NOISE_LEGEND and "no committed run" in lines[4]

@@ -148,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             summary = resume_experiment(args.resume, config=given, live=live)
         else:
             cfg = Config.load(args.config, args.overrides)
-            from fedrlprune.experiments.runner import run_experiment  # heavy imports after checks
+            from fedrlprune.experiments.runner import check_new_folder, run_experiment
 
+            if args.out is not None:  # named as this command spells it
+                check_new_folder(args.out, "--out")
             summary = run_experiment(cfg, out_dir=args.out, live=live)
     except FedRLPruneError as err:
         print(f"fedrlprune: error: {err}", file=sys.stderr)

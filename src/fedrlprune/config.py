@@ -17,7 +17,7 @@ from typing import Any
 
 import tomli_w
 
-from fedrlprune.data.loaders import DATASETS
+from fedrlprune.data.loaders import DATASETS, USER_DATA
 from fedrlprune.data.partition import PARTITIONS
 from fedrlprune.devices import TIERS, assign_tiers
 from fedrlprune.errors import ConfigError
@@ -67,7 +67,11 @@ def _key(
 class Config:
     """Everything a run depends on. Same config and seed, same partitions, same result."""
 
-    dataset: str = _key("fashion-mnist", "dataset to train on", choices=DATASETS)
+    dataset: str = _key(
+        "fashion-mnist",
+        f"dataset to train on (`{USER_DATA}`: a run given your own data from Python)",
+        choices=(*DATASETS, USER_DATA),
+    )
     data_path: str = _key(
         "", "folder (or .npz file) holding the dataset; empty = search standard places"
     )
@@ -87,7 +91,9 @@ class Config:
         hi=100.0,
     )
     model: str = _key(
-        "cnn", "model from the registry (the Python API also takes your own nn.Module)"
+        "cnn",
+        "model from the registry (the Python API also takes your own nn.Module, recorded as "
+        "`user`)",
     )
     method: str = _key("fedrlprune", "federated method to run", choices=tuple(METHODS))
     clients: int = _key(20, "number of clients (the data is split among them)", lo=1, hi=10_000)

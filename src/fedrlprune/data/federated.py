@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from fedrlprune.config import Config
-from fedrlprune.data.loaders import ArrayDataset, load_dataset
+from fedrlprune.data.loaders import DATASETS, USER_DATA, ArrayDataset, load_dataset
 from fedrlprune.data.partition import (
     ClientSplit,
     partition_indices,
@@ -21,6 +21,7 @@ from fedrlprune.data.partition import (
     subsample,
 )
 from fedrlprune.data.synthetic import synthetic_dataset
+from fedrlprune.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,12 @@ def federate_named(cfg: Config) -> FederatedData:
 
 def named_dataset(cfg: Config) -> ArrayDataset:
     """The config's dataset: loaded from its files, or generated (`synthetic`) from its keys."""
+    if cfg.dataset == USER_DATA:
+        raise DataError(
+            f"dataset {USER_DATA!r} is data given from Python, which no file holds; pass it "
+            "again as data= (resume_experiment, export_results), or set dataset to one of: "
+            f"{', '.join(DATASETS)}."
+        )
     if cfg.dataset == "synthetic":
         return synthetic_dataset(cfg.clients, cfg.synthetic_alpha, cfg.synthetic_beta, cfg.seed)
     return load_dataset(cfg.dataset, cfg.data_path or None)

@@ -17,6 +17,8 @@ from fedrlprune.errors import DataError
 
 # `synthetic` is generated from the config, not loaded: see data/synthetic.py.
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "digits", "npz", "synthetic")
+# What config.toml records for data given from Python (run_experiment(data=...)): not loadable.
+USER_DATA = "user"
 
 # Folders that distribution packages install datasets into; a dict so tests can monkeypatch it.
 SYSTEM_LOCATIONS: dict[str, list[str]] = {
@@ -201,15 +203,31 @@ def _check_split(split: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _search_folders(name: str, data_path: str | None) -> list[Path]:
-    """Folders to look in, in order: data_path, $FEDRLPRUNE_DATA/<name>, system, user cache."""
-    folders = [Path(data_path).expanduser()] if data_path else []
-    if os.environ.get(ENV_VAR):
-        folders.append(Path(os.environ[ENV_VAR]).expanduser() / name)
-    folders += [Path(p) for p in SYSTEM_LOCATIONS.get(name, [])]
-    folders.append(Path.home() / ".cache" / "fedrlprune" / name)
+    """Folders to look in: data_path alone when set (a folder the user named is never swapped
+    for another copy found elsewhere), else $FEDRLPRUNE_DATA/<name>, system, user cache."""
+    if data_path:
+        folders = [_given_folder(data_path)]
+    else:
+        env = os.environ.get(ENV_VAR)
+        folders = [Path(env).expanduser() / name] if env else []
+        folders += [Path(p) for p in SYSTEM_LOCATIONS.get(name, [])]
+        folders.append(Path.home() / ".cache" / "fedrlprune" / name)
     if name == "cifar10":  # the official archive extracts into a subfolder
         folders = [f for base in folders for f in (base / _CIFAR_SUBDIR, base)]
     return folders
+
+
+def _given_folder(data_path: str) -> Path:
+    """The folder data_path names; one that is not there is refused before any training."""
+    folder = Path(data_path).expanduser()
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DataError(
+            f"data_path {folder} {what}; set data_path to the folder holding the dataset's "
+            "files (--set data_path=/path/to/folder), or leave it empty to search the "
+            "standard places (docs/data.md)."
+        )
+    return folder
 
 
 def _missing_files(folder: Path, name: str) -> list[str]:

@@ -18,12 +18,12 @@ import numpy as np
 
 from fedrlprune.config import Config
 from fedrlprune.data.federated import named_dataset
-from fedrlprune.data.loaders import ArrayDataset
+from fedrlprune.data.user import UserData, user_dataset
 from fedrlprune.errors import FedRLPruneError
-from fedrlprune.experiments.latency import deployable
+from fedrlprune.experiments.latency import deployable, in_ms, latency_fields
 from fedrlprune.federation.checkpoint import CHECKPOINT
 from fedrlprune.models import ModelFactory, build_model
-from fedrlprune.pruning.compact import export_onnx, onnx_latency
+from fedrlprune.pruning.compact import export_onnx, onnx_timing
 from fedrlprune.pruning.masks import apply_masks
 from fedrlprune.pruning.memory import memory_bytes
 from fedrlprune.pruning.metrics import model_cost
@@ -59,9 +59,13 @@ def export_results(
     results: Path,
     *,
     model_fn: ModelFactory | None = None,
-    data: ArrayDataset | None = None,
+    data: UserData | None = None,
 ) -> list[dict[str, Any]]:
-    """Write `export/` in the results folder: ONNX models and `export.md`; return the rows."""
+    """Write `export/` in the results folder: ONNX models and `export.md`; return the rows.
+
+    `model_fn` and `data` take what `run_experiment` took (data: the four arrays, a (train,
+    test) pair of torch Datasets, or an ArrayDataset), so a run is exported with its own inputs.
+    """
     cfg = Config.load(results / "config.toml")
     summary = json.loads((results / "summary.json").read_text())
     if summary.get("model") == "user" and model_fn is None:
@@ -69,7 +73,7 @@ def export_results(
             "this run used your own model: export it from Python with "
             "export_results(path, model_fn=..., data=...)"
         )
-    dataset = data if data is not None else named_dataset(cfg)
+    dataset = user_dataset(data) if data is not None else named_dataset(cfg)
     shape = dataset.input_shape
     factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
     state, global_masks, client_masks = load_checkpoint(results / CHECKPOINT)
@@ -82,13 +86,14 @@ def export_results(
 
     out = results / "export"
     out.mkdir(exist_ok=True)
-    rows = []
+    rows, timings = [], []
     model = factory(shape, dataset.num_classes)
     for name, masks in targets.items():
         structured = cfg.structured and bool(masks)
         runnable = deployable(model, state, masks, shape, structured)
         path = export_onnx(runnable, shape, out / f"{name}.onnx")
         cost = model_cost(runnable, shape)
+        timings.append(in_ms(onnx_timing(path, shape, batch=1, runs=cfg.latency_runs or 200)))
         rows.append(
             {
                 "model": name,
@@ -99,12 +104,12 @@ def export_results(
                 "file_bytes": path.stat().st_size,
                 "sparse_bytes": encoded_bytes(encode(apply_masks(state, masks), masks)),
                 "memory_bytes": memory_bytes(runnable, shape),
-                "latency_ms": 1e3
-                * onnx_latency(path, shape, batch=1, runs=cfg.latency_runs or 200),
+                "latency_ms": timings[-1].median,
+                "latency_iqr_ms": timings[-1].iqr,
             }
         )
-    for row in rows:  # measured side by side in this one call, against the dense model
-        row["latency_speedup"] = rows[0]["latency_ms"] / row["latency_ms"]
+    for row, timing in zip(rows, timings, strict=True):  # side by side in this one call
+        row.update(latency_fields(timings[0], timing))
         row["flops_ratio"] = rows[0]["effective_flops"] / row["effective_flops"]
     _write_table(out / "export.md", rows, structured=cfg.structured)
     return rows
@@ -138,7 +143,10 @@ def _write_table(path: Path, rows: list[dict[str, Any]], structured: bool) -> No
         "shapes; summary.json's per-client `memory_bytes` counts the sparse storage format "
         "instead)."
         " Latency: ONNX Runtime on this CPU, one thread, batch 1, the median of many calls "
-        "after a warm-up; `latency_speedup` and `flops_ratio` are against the dense model."
+        "after a warm-up (`latency_iqr_ms`: the interquartile range of those calls); "
+        "`latency_speedup` and `flops_ratio` are against the dense model, and "
+        "`latency_within_noise` is true where the two medians differ by less than their "
+        "interquartile ranges together: within the timing noise, another run may reverse it."
     )
     path.write_text("# Exported models\n\n" + "\n".join(lines) + "\n\n" + note + "\n")
 

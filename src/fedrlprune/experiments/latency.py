@@ -2,7 +2,8 @@
 
 Each deployed model is written as ONNX the way a device gets it (compact, without its pruned
 channels, when the masks are structured; dense shapes with zeros inside when they are not)
-and timed with ONNX Runtime: one thread, batch 1, warm-up, then the median of `runs` calls.
+and timed with ONNX Runtime: one thread, batch 1, warm-up, then the median of `runs` calls,
+with their interquartile range: a speed-up smaller than that jitter is marked as noise.
 Models of the same shape run the same kernels at the same speed, so clients whose models have
 one shape share one measurement (an unstructured model always has the dense model's shape:
 that is why its latency is the dense model's, whatever its sparsity).
@@ -12,10 +13,11 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
-from fedrlprune.pruning.compact import compact_model, export_onnx, onnx_latency
+from fedrlprune.pruning.compact import Timing, compact_model, export_onnx, onnx_timing
 from fedrlprune.pruning.masks import apply_masks
 from fedrlprune.state import Masks, State
 from fedrlprune.training import set_state
@@ -44,16 +46,16 @@ def deployed_latency(
     input_shape: tuple[int, ...],
     structured: bool,
     runs: int = 200,
-) -> tuple[float, dict[int, float]]:
+) -> tuple[Timing, dict[int, Timing]]:
     """Milliseconds per sample of the dense model, and of each client's deployed model."""
-    measured: dict[Shape, float] = {}
+    measured: dict[Shape, Timing] = {}
     with tempfile.TemporaryDirectory() as tmp:
 
-        def time_ms(runnable: nn.Module) -> float:
+        def time_ms(runnable: nn.Module) -> Timing:
             key = shape_of(runnable)
             if key not in measured:
                 path = export_onnx(runnable, input_shape, Path(tmp) / f"m{len(measured)}.onnx")
-                measured[key] = 1e3 * onnx_latency(path, input_shape, batch=1, runs=runs)
+                measured[key] = in_ms(onnx_timing(path, input_shape, batch=1, runs=runs))
             return measured[key]
 
         dense = time_ms(deployable(model, state, {}, input_shape, structured))
@@ -62,3 +64,19 @@ def deployed_latency(
             for cid, masks in masks_by_client.items()
         }
     return dense, per_client
+
+
+def in_ms(timing: Timing) -> Timing:
+    return Timing(1e3 * timing.median, 1e3 * timing.iqr)
+
+
+def latency_fields(dense: Timing, model: Timing) -> dict[str, Any]:
+    """A deployed model's latency, its speed-up over the dense model, and whether that
+    speed-up is within the timing noise: the medians differ by less than the two timings'
+    interquartile ranges together, a gap the calls' own jitter makes (and another run may
+    reverse), most often for models that run in microseconds."""
+    return {
+        "latency_ms": model.median,
+        "latency_speedup": dense.median / model.median,
+        "latency_within_noise": abs(dense.median - model.median) <= dense.iqr + model.iqr,
+    }

@@ -12,7 +12,7 @@ from typing import Any
 
 from fedrlprune.config import Config
 from fedrlprune.data.federated import federate, federate_named
-from fedrlprune.data.loaders import ArrayDataset
+from fedrlprune.data.loaders import USER_DATA, ArrayDataset
 from fedrlprune.data.user import UserData, user_dataset
 from fedrlprune.errors import FedRLPruneError
 from fedrlprune.experiments.results import default_out_dir
@@ -21,6 +21,7 @@ from fedrlprune.fl.client_app import make_client_app
 from fedrlprune.fl.server_app import make_server_app
 from fedrlprune.fl.simulation import run_simulation, simulated_nodes_for
 from fedrlprune.models import ModelFactory
+from fedrlprune.models.zoo import USER_MODEL
 
 
 def run_experiment(
@@ -40,16 +41,10 @@ def run_experiment(
     out_dir:  the results folder (default: a fresh timestamped folder under results/).
     live:     a live progress display (default: when stderr is a terminal).
     """
-    cfg = _as_config(config)
     dataset = user_dataset(data) if data is not None else None
+    cfg = as_run(_as_config(config), model_fn, dataset)
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
-    if (out / "summary.json").exists():
-        raise FedRLPruneError(f"{out} already holds a finished run; pick another --out folder")
-    if (out / CHECKPOINT).exists():
-        raise FedRLPruneError(
-            f"{out} holds a stopped run: continue it with `fedrlprune run --resume {out}` "
-            "(Python: resume_experiment), or pick another --out folder"
-        )
+    check_new_folder(out)
 
     summary = _simulate(cfg, out, model_fn, dataset, live)
     if summary is None:
@@ -71,14 +66,65 @@ def resume_experiment(
     config would not be the same run). A run with your own model or data needs them again.
     """
     out = Path(results)
-    cfg, run = check_resumable(out, config)
     dataset = user_dataset(data) if data is not None else None
+    given = as_run(config, model_fn, dataset) if config is not None else None
+    cfg, run = check_resumable(out, given)
+    _check_given_again(cfg, model_fn, dataset, out)
     summary = _simulate(cfg, out, model_fn, dataset, live, run)
     if summary is None:
         raise FedRLPruneError(
             f"the run stopped again before it finished; see {out / 'run.log'}, then resume again"
         )
     return summary
+
+
+def check_new_folder(out: Path, arg: str = "out_dir") -> None:
+    """Refuse a folder that holds a run; `arg` is the folder's argument as the caller spells
+    it (`--out` on the command line), so the fix names what the user can change."""
+    if (out / "summary.json").exists():
+        raise FedRLPruneError(f"{out} already holds a finished run; pick another {arg} folder")
+    if (out / CHECKPOINT).exists():
+        go_on = (
+            f"fedrlprune run --resume {out}"
+            if arg == "--out"
+            else f"resume_experiment({str(out)!r})"
+        )
+        raise FedRLPruneError(
+            f"{out} holds a stopped run: continue it with `{go_on}`, or pick another {arg} folder"
+        )
+
+
+def as_run(cfg: Config, model_fn: ModelFactory | None, dataset: ArrayDataset | None) -> Config:
+    """The config as it runs: `model` and `dataset` say `user` where they were given from
+    Python (unless the data is the dataset the config names), so config.toml, the log and the
+    folder never claim a default that was not used, and a resume or export asks for them."""
+    changes: dict[str, str] = {}
+    if model_fn is not None:
+        changes["model"] = USER_MODEL
+    if dataset is not None and dataset.name != cfg.dataset:
+        changes["dataset"] = USER_DATA
+    return Config.from_dict({**cfg.to_dict(), **changes}) if changes else cfg
+
+
+def _check_given_again(
+    cfg: Config, model_fn: ModelFactory | None, dataset: ArrayDataset | None, out: Path
+) -> None:
+    """A run with your own model or data resumes only with them: say so before the engine
+    starts, in the one place that can take them (Python)."""
+    missing = [
+        arg
+        for arg, recorded, given in (
+            ("model_fn", cfg.model == USER_MODEL, model_fn),
+            ("data", cfg.dataset == USER_DATA, dataset),
+        )
+        if recorded and given is None
+    ]
+    if missing:
+        args = ", ".join(f"{arg}=..." for arg in missing)
+        raise FedRLPruneError(
+            f"{out} is a run with your own {' and '.join(missing)}: resume it from Python with "
+            f"them again, resume_experiment({str(out)!r}, {args})"
+        )
 
 
 def _simulate(

@@ -29,6 +29,12 @@ TRAINING_KEYS = (
 )  # fmt: skip
 
 
+NOISE_LEGEND = (
+    "~ latency within the timing noise: the dense and deployed medians differ by less than "
+    "their interquartile ranges together, so another run may reverse it"
+)
+
+
 def tier_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Means over each tier's clients of what its deployed model costs and scores."""
     per_client = summary.get("per_client") or []
@@ -45,6 +51,7 @@ def tier_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "flops": float(np.mean(flops)),
                 "memory_bytes": _mean(group, "memory_bytes"),
                 "latency_speedup": _mean(group, "latency_speedup"),
+                "latency_noise": any(c.get("latency_within_noise") for c in group),
                 "accuracy": float(np.mean([c["accuracy_global_test"] for c in group])),
                 "within_budget": sum(bool(c["within_budget"]) for c in group),
             }
@@ -79,9 +86,11 @@ def tier_lines(summary: Mapping[str, Any], dense: tuple[float, str] | None) -> l
         lines.append(
             f"{r['tier']:<7} {_fewer(r['params'], dense_params):>16} "
             f"{_fewer(r['flops'], dense_flops):>22} {r['memory_bytes'] / 1024:>6.0f} KB "
-            f"{_speedup(r['latency_speedup']):>8} {r['accuracy']:>8.4f}  "
+            f"{_speedup(r['latency_speedup'], r['latency_noise']):>8} {r['accuracy']:>8.4f}  "
             f"{r['within_budget']}/{r['clients']}"
         )
+    if any(r["latency_noise"] for r in rows):
+        lines.append(NOISE_LEGEND)
     if dense is None:
         lines.append("dense FedAvg with these settings: no committed run to compare with")
     else:
@@ -99,5 +108,6 @@ def _fewer(value: float, dense: float) -> str:
     return f"{value:,.0f} ({dense / max(value, 1):.1f}x)"
 
 
-def _speedup(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.2f}x"
+def _speedup(value: float, noisy: bool) -> str:
+    """The measured speed-up; `~` when it is within the timing noise (latency_fields)."""
+    return "n/a" if math.isnan(value) else f"{'~' if noisy else ''}{value:.2f}x"

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fedrlprune.devices import TIERS, Budget, over_budget, simulated_round, training_flops
-from fedrlprune.experiments.latency import deployed_latency
+from fedrlprune.experiments.latency import deployed_latency, latency_fields
 from fedrlprune.experiments.stats import Drops, RoundOutcome, drop_entries
 from fedrlprune.federation.checkpoint import RunState
 from fedrlprune.federation.fleet import Fleet, ModelFacts
@@ -246,11 +246,13 @@ class Federation:
 
     def measure_latency(self, per_client: list[dict[str, Any]]) -> float:
         """Time every client's deployed model as a device runs it (compact when structured)
-        beside the dense model; add `latency_ms` and `latency_speedup` to each entry and return
-        the dense model's milliseconds (NaN everywhere when `latency_runs` is 0)."""
+        beside the dense model; add `latency_ms`, `latency_speedup` and `latency_within_noise`
+        to each entry and return the dense model's milliseconds (NaN everywhere when
+        `latency_runs` is 0)."""
         if self.cfg.latency_runs == 0:
             for entry in per_client:
                 entry["latency_ms"] = entry["latency_speedup"] = float("nan")
+                entry["latency_within_noise"] = None
             return float("nan")
         masks = {c: self.fleet.deploy_masks(c, self.global_masks) for c in self.everyone}
         dense, ms = deployed_latency(
@@ -258,9 +260,8 @@ class Federation:
             self.cfg.latency_runs,
         )  # fmt: skip
         for entry in per_client:
-            entry["latency_ms"] = ms[entry["client"]]
-            entry["latency_speedup"] = dense / ms[entry["client"]]
-        return dense
+            entry.update(latency_fields(dense, ms[entry["client"]]))
+        return dense.median
 
     def snapshot(
         self,

@@ -16,6 +16,8 @@ from fedrlprune.errors import ConfigError
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 
 MODELS: dict[str, ModelFactory] = {}
+# What config.toml records for a model given from Python (run_experiment(model_fn=...)).
+USER_MODEL = "user"
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -44,6 +46,12 @@ def _fits(name: str, input_shape: tuple[int, ...]) -> bool:
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build a registered model, turning unknown names and unusable shapes into ConfigErrors."""
+    if name == USER_MODEL:
+        raise ConfigError(
+            f"model {USER_MODEL!r} is a model given from Python, which no registry holds; pass "
+            "it again as model_fn= (resume_experiment, export_results), or set the model name "
+            f"to one of: {', '.join(sorted(MODELS))}"
+        )
     if name not in MODELS:
         raise ConfigError(
             f"unknown model {name!r}; set the model name to one of: {', '.join(sorted(MODELS))}"

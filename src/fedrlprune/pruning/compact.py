@@ -23,6 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -291,8 +292,16 @@ def _export(model: nn.Module, example: torch.Tensor, path: Path, *, dynamo: bool
     )
 
 
-def _median_seconds(step: Callable[[], object], runs: int, warmup: int) -> float:
-    """Median wall time of ``step`` after ``warmup`` untimed calls: robust to scheduler noise."""
+class Timing(NamedTuple):
+    """Wall time per call: the median, robust to scheduler noise, and the interquartile range
+    of the calls, the jitter that says whether two medians differ by more than chance."""
+
+    median: float
+    iqr: float
+
+
+def _time_calls(step: Callable[[], object], runs: int, warmup: int) -> Timing:
+    """Seconds per call of ``step`` over ``runs`` calls, after ``warmup`` untimed calls."""
     if runs < 1 or warmup < 0:
         raise ConfigError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     for _ in range(warmup):
@@ -302,13 +311,21 @@ def _median_seconds(step: Callable[[], object], runs: int, warmup: int) -> float
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    q1, _, q3 = statistics.quantiles(times, n=4) if runs > 1 else (times[0],) * 3
+    return Timing(statistics.median(times), q3 - q1)
 
 
 def onnx_latency(
     path: Path, input_shape: tuple[int, ...], batch: int, runs: int = 200, warmup: int = 20
 ) -> float:
-    """Median seconds per ``batch``-sample inference with onnxruntime on CPU.
+    """Median seconds per ``batch``-sample inference with onnxruntime on CPU."""
+    return onnx_timing(path, input_shape, batch, runs, warmup).median
+
+
+def onnx_timing(
+    path: Path, input_shape: tuple[int, ...], batch: int, runs: int = 200, warmup: int = 20
+) -> Timing:
+    """Seconds per ``batch``-sample inference with onnxruntime on CPU: median and spread.
 
     One intra-op thread: a thread pool's spin-up and contention with other processes dominates
     the spread of small models' timings, and one thread compares like for like with
@@ -324,7 +341,7 @@ def onnx_latency(
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((batch, *input_shape), dtype=np.float32)
-    return _median_seconds(lambda: session.run(None, {name: x}), runs, warmup)
+    return _time_calls(lambda: session.run(None, {name: x}), runs, warmup)
 
 
 def torch_latency(
@@ -332,7 +349,7 @@ def torch_latency(
 ) -> float:
     """Median seconds per ``batch``-sample forward pass of a CPU model, eval mode, one thread.
 
-    One thread for the reasons given in ``onnx_latency``; the thread count and the model's
+    One thread for the reasons given in ``onnx_timing``; the thread count and the model's
     training mode are restored afterwards.
     """
     gen = torch.Generator().manual_seed(0)
@@ -342,7 +359,7 @@ def torch_latency(
     model.eval()
     try:
         with torch.inference_mode():
-            return _median_seconds(lambda: model(x), runs, warmup)
+            return _time_calls(lambda: model(x), runs, warmup).median
     finally:
         torch.set_num_threads(threads)
         model.train(was_training)
