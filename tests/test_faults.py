@@ -88,7 +88,7 @@ def test_exchange_drops_errors_and_timeouts_and_ignores_late_replies(
     replies, drops, seconds = _exchange_with({0: "ok", 1: "error", 2: "never", 3: "ok"}, 0.3)
     assert list(replies) == [0, 3]
     assert drops[1] == ("error", "ValueError: boom")
-    assert drops[2] == ("timeout", "no reply within 0.3 s")
+    assert drops[2] == ("timeout", "no reply within round_timeout=0.3 s")
     assert set(drops) == {1, 2}  # the late reply (node 101) counted for nobody
     assert 0.3 <= seconds < 2.0
     for cid, reply in replies.items():  # each reply answers the message sent to that client
@@ -124,11 +124,11 @@ def test_a_deployment_reply_is_used_only_when_whole(
     sent.metadata.__dict__["_message_id"] = uuid4().hex
     reply = Message(content, reply_to=sent)
     if words is None:
-        masks, acc = deploy_reply(reply, reference)
-        assert acc == 0.75 and np.array_equal(masks["w"], mask["w"])
+        answer = deploy_reply(reply, reference, [])
+        assert answer.accuracy == 0.75 and np.array_equal(answer.masks["w"], mask["w"])
     else:
         with pytest.raises(PayloadError, match=re.escape(words)):
-            deploy_reply(reply, reference)
+            deploy_reply(reply, reference, [])
 
 
 # ------------------------------------------------------------------- a run with bad clients

@@ -16,7 +16,7 @@ from fedrlprune.data.federated import global_test
 from fedrlprune.data.loaders import load_dataset
 from fedrlprune.federation.checkpoint import RunState
 from fedrlprune.federation.client import client_data, deploy, train_round
-from fedrlprune.federation.messages import Reply
+from fedrlprune.federation.messages import Deployment, Reply
 from fedrlprune.federation.server import Federation
 from fedrlprune.methods import METHODS
 from fedrlprune.models import ModelFactory, build_model
@@ -57,7 +57,7 @@ def run_in_process(
     answers = {}
     for c, o in fed.deploy_orders().items():
         up = deploy(cfg, clients[c], apply_masks(fed.state, o.masks), o.masks, o)
-        answers[c] = (up.masks, float(up.metrics["test-accuracy"]))
+        answers[c] = Deployment(up.masks, float(up.metrics["test-accuracy"]))
     return fed, fed.deployed(answers, {})
 
 

@@ -8,7 +8,7 @@ import torch
 from fedrlprune.config import Config
 from fedrlprune.devices import TIERS, training_flops
 from fedrlprune.errors import ConfigError
-from fedrlprune.federation.messages import Reply
+from fedrlprune.federation.messages import Deployment, Reply
 from fedrlprune.federation.server import Federation
 from fedrlprune.fl import protocol
 from fedrlprune.models import build_model
@@ -136,7 +136,7 @@ def test_deployed_clients_carry_their_compact_figures_and_all_three_limits() -> 
     fed = _federation(clients=2, device_mix="mcu,laptop", prune_mode="structured")
     masks = magnitude_masks(fed.state, {"conv1": 0.5, "fc1": 0.5}, "structured", None,
                             fed.facts.groups)  # fmt: skip
-    per_client = fed.deployed({0: (masks, 0.5), 1: ({}, 0.5)}, {})
+    per_client = fed.deployed({0: Deployment(masks, 0.5), 1: Deployment({}, 0.5)}, {})
     keys = {"compact_params", "compact_flops", "memory_bytes", "budget_params", "budget_flops",
             "budget_memory_bytes", "over_budget", "within_budget"}  # fmt: skip
     assert all(keys <= set(c) for c in per_client)

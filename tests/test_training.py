@@ -7,7 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from fedrlprune.training import as_tensors, evaluate, get_state, round_lr, set_state, train
+from fedrlprune.training import (
+    as_tensors,
+    batchnorm_statistics,
+    evaluate,
+    get_state,
+    refresh_batchnorm,
+    round_lr,
+    set_state,
+    train,
+)
 
 
 def _problem() -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,3 +101,22 @@ def test_round_lr_constant_or_annealed_over_the_rounds() -> None:
     assert all(a > b > 0 for a, b in itertools.pairwise(cosine))
     with pytest.raises(ValueError, match="lr_schedule 'step'"):
         round_lr(0.1, "step", 1, 4)
+
+
+def test_refresh_batchnorm_sets_the_statistics_of_the_weights_as_they_are() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten())
+    bn = model[1]
+    bn.running_mean.fill_(5.0)  # stale statistics, from weights that have moved since
+    x = torch.randn(64, 2, 6, 6) * 3 + 1
+    assert refresh_batchnorm(model, x, batch_size=16) == 64
+    with torch.no_grad():
+        features = model[0](x)
+    assert torch.allclose(bn.running_mean, features.mean((0, 2, 3)), atol=1e-5)
+    per_batch = torch.stack([features[i : i + 16].var((0, 2, 3)) for i in range(0, 64, 16)])
+    assert torch.allclose(bn.running_var, per_batch.mean(0), rtol=1e-4)  # unbiased, per batch
+    assert bn.momentum == 0.1  # restored: local training tracks as before
+    assert batchnorm_statistics(model) == [
+        "1.running_mean", "1.running_var", "1.num_batches_tracked"
+    ]  # fmt: skip
+    assert refresh_batchnorm(nn.Linear(2, 2), torch.randn(4, 2), 2) == 0

@@ -106,6 +106,17 @@ def train(
     return TrainResult(last_epoch_loss, seen, time.perf_counter() - start)
 
 
+def batchnorm_statistics(model: nn.Module) -> list[str]:
+    """State keys of the model's BatchNorm running statistics (what `refresh_batchnorm` sets)."""
+    return [
+        f"{name}.{buf}" if name else buf
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for buf, value in m.named_buffers(recurse=False)
+        if value is not None
+    ]
+
+
 @torch.no_grad()
 def refresh_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -> int:
     """Recompute every BatchNorm's running statistics as the plain average over one pass of

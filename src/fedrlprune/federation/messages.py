@@ -60,6 +60,15 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Deployment:
+    """What a client reports of the model it deployed."""
+
+    masks: Masks
+    accuracy: float  # on its local test split
+    statistics: State = field(default_factory=dict)  # BatchNorm statistics it recomputed
+
+
+@dataclass(frozen=True)
 class Expected:
     """What the server knows a reply of this client must look like."""
 

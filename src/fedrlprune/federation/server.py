@@ -23,7 +23,7 @@ from fedrlprune.experiments.latency import deployed_latency, latency_fields
 from fedrlprune.experiments.stats import Drops, RoundOutcome, drop_entries
 from fedrlprune.federation.checkpoint import RunState
 from fedrlprune.federation.fleet import Fleet, ModelFacts
-from fedrlprune.federation.messages import Expected, Orders, Reply
+from fedrlprune.federation.messages import Deployment, Expected, Orders, Reply
 from fedrlprune.methods import METHODS
 from fedrlprune.pruning.masks import apply_masks, magnitude_masks
 from fedrlprune.pruning.memory import Footprint
@@ -217,30 +217,29 @@ class Federation:
     def everyone(self) -> list[int]:
         return list(range(self.cfg.clients))
 
-    def deployed(
-        self, answers: dict[int, tuple[Masks, float]], lost: Drops
-    ) -> list[dict[str, Any]]:
-        """Per-client figures of the deployed models. `answers`: each answering client's mask
-        and local test accuracy; a client that did not answer keeps the mask the server knows
-        and no local accuracy."""
+    def deployed(self, answers: dict[int, Deployment], lost: Drops) -> list[dict[str, Any]]:
+        """Per-client figures of the deployed models. `answers`: each answering client's mask,
+        local test accuracy and the BatchNorm statistics it recomputed (the global test set
+        scores the model as the client runs it); a client that did not answer keeps the mask
+        the server knows and no local accuracy."""
         if lost:
             self.dropped["deploy"] = drop_entries(lost)
         per_client = []
         accuracy: dict[bytes, float] = {}  # clients that deploy the same model share its figure
         footprint: dict[bytes, Footprint] = {}
         for cid in self.everyone:
-            masks, local = answers.get(cid, ({}, float("nan")))
+            answer = answers.get(cid, Deployment({}, float("nan")))
             rec = self.fleet.clients[cid]
-            rec.masks = masks or rec.masks
+            rec.masks = answer.masks or rec.masks
             deploy_masks = self.fleet.deploy_masks(cid, self.global_masks)
-            key = masks_key(deploy_masks)
-            deployed = apply_masks(self.state, deploy_masks)
+            key = masks_key(deploy_masks) + state_key(answer.statistics)
+            deployed = apply_masks(self.state, deploy_masks) | answer.statistics
             if key not in accuracy:
                 accuracy[key] = self.evaluate(deployed)[1]
                 footprint[key] = self.facts.footprint(self.state, deploy_masks)
             entry = self.fleet.report(cid, deployed, footprint[key])
             entry["accuracy_global_test"] = accuracy[key]
-            entry["accuracy_local_test"] = local
+            entry["accuracy_local_test"] = answer.accuracy
             per_client.append(entry)
         return per_client
 
@@ -304,6 +303,14 @@ def unreachable_message(
         f"(prune_skip = {cfg.prune_skip!r}; activations). Prune those layers too "
         '(prune_skip = ""), use a smaller model or input, or leave the tier out (device_mix)'
     )
+
+
+def state_key(state: State) -> bytes:
+    """A digest of arrays (e.g. BatchNorm statistics): equal digests, equal arrays."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(state):
+        digest.update(name.encode() + b"\0" + np.ascontiguousarray(state[name]).tobytes())
+    return digest.digest()
 
 
 def masks_key(masks: Masks) -> bytes:

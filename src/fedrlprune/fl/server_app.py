@@ -38,15 +38,15 @@ from fedrlprune.experiments.stats import (
 from fedrlprune.federation import client as local_work
 from fedrlprune.federation.checkpoint import CHECKPOINT, RunState, check_resumable, save_run_state
 from fedrlprune.federation.client import client_data
-from fedrlprune.federation.messages import Expected, Reply
+from fedrlprune.federation.messages import Deployment, Expected, Reply
 from fedrlprune.federation.server import Federation
 from fedrlprune.fl import protocol
 from fedrlprune.fl.validation import check_reply
 from fedrlprune.methods.base import ClientData
 from fedrlprune.models import ModelFactory, build_model
 from fedrlprune.pruning.masks import apply_masks
-from fedrlprune.state import Masks, State
-from fedrlprune.training import as_tensors, set_state
+from fedrlprune.state import State
+from fedrlprune.training import as_tensors, batchnorm_statistics, set_state
 
 log = logging.getLogger("fedrlprune")
 
@@ -221,10 +221,10 @@ def deploy(
     progress.round_started(cfg.rounds, cfg.clients, "deploy and evaluate")
     sent = {c: protocol.pack_orders(cfg, o, fed.state) for c, o in fed.deploy_orders().items()}
     evals, lost = exchange(grid, nodes, sent, "evaluate", cfg, cfg.rounds, progress)
-    answers: dict[int, tuple[Masks, float]] = {}
+    answers: dict[int, Deployment] = {}
     for cid, reply in evals.items():
         try:
-            answers[cid] = deploy_reply(reply, fed.state)
+            answers[cid] = deploy_reply(reply, fed.state, recomputed_statistics(fed))
         except PayloadError as err:
             log.warning("client %d: no usable deployed model (%s)", cid, err)
             lost[cid] = ("refused", str(err))
@@ -242,14 +242,16 @@ def simulated_deploy(
     exactly as the message would carry it, one client after another on one shared model."""
     cfg = fed.cfg
     progress.round_started(cfg.rounds, cfg.clients, "deploy and evaluate")
-    answers: dict[int, tuple[Masks, float]] = {}
+    answers: dict[int, Deployment] = {}
+    keys = recomputed_statistics(fed)
     template: ClientData | None = None
     for cid, orders in fed.deploy_orders().items():
         local = client_data(cfg, cid, model_fn, data, "server", like=template)
         template = template or local
         state = apply_masks(fed.state, orders.masks) if orders.masks else fed.state
         update = local_work.deploy(cfg, local, state, orders.masks, orders)
-        answers[cid] = (update.masks, float(update.metrics["test-accuracy"]))
+        acc = float(update.metrics["test-accuracy"])
+        answers[cid] = Deployment(update.masks, acc, {k: update.state[k] for k in keys})
         progress.client_done()
     return fed.deployed(answers, {})
 
@@ -292,15 +294,22 @@ def accept(
     return accepted, refused
 
 
-def deploy_reply(reply: Message, reference: State) -> tuple[Masks, float]:
-    """A deployment reply's mask and local test accuracy; PayloadError if either is unusable."""
+def recomputed_statistics(fed: Federation) -> list[str]:
+    """The state keys a client recomputes before it deploys (`bn_refresh`): its BatchNorm
+    statistics, which the server takes from its reply to score the model as deployed."""
+    return batchnorm_statistics(fed.model) if fed.cfg.bn_refresh else []
+
+
+def deploy_reply(reply: Message, reference: State, statistics: list[str]) -> Deployment:
+    """A deployment reply's mask, local test accuracy and the `statistics` entries of its
+    model; PayloadError if any is unusable."""
     if protocol.ARRAYS not in reply.content or protocol.METRICS not in reply.content:
         raise PayloadError("the reply lacks its model or its metrics")
-    _, masks = protocol.unpack(reply.content.array_records[protocol.ARRAYS], reference)
+    state, masks = protocol.unpack(reply.content.array_records[protocol.ARRAYS], reference)
     acc = reply.content.metric_records[protocol.METRICS].get("test-accuracy")
     if not isinstance(acc, int | float) or not 0.0 <= acc <= 1.0:
         raise PayloadError(f"test-accuracy is {acc!r}, not a number in [0, 1]")
-    return masks, float(acc)
+    return Deployment(masks, float(acc), {k: state[k] for k in statistics})
 
 
 def handshake(
