@@ -31,7 +31,9 @@ Where we depart from the official code, and why:
   set (`stats`). Our server holds no training data and a round has no extra pass over the
   clients, so running statistics are tracked in local training and each channel's are merged
   over the clients that held it, like the weights. A narrow sub-model's statistics therefore
-  mix widths; deployment does not recompute them.
+  mix widths. With `bn_refresh` (the default, for every method) each client
+  recomputes its statistics after local training and again before it deploys, on its own
+  data: the nearest a server without data comes to sBN.
 - No label masking: the official clients mask the logits of labels they lack and the server
   merges only those classifier rows; here every client trains and sends the whole head, as in
   every other method. Parameters no mask covers (the head's bias, BatchNorm's step counter)
