@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,10 +41,26 @@ BASE_RUN = {"dataset": "digits", "model": "mlp", "clients": NODES, "rounds": 2, 
 CHANCE = 0.1  # ten digit classes
 
 
+_TAKEN: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's ephemeral range: a port the OS hands out (bind to 0) can
+    be taken by any outgoing connection before the SuperNode that was given it binds it."""
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
+    rng = random.Random()
+    while True:
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in _TAKEN:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
+        return port
 
 
 def _listening(port: int) -> bool:
