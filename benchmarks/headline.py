@@ -1,13 +1,19 @@
-"""The headline setting over seeds: structured fedrlprune against dense FedAvg and the fixed rules.
+"""The headline setting over seeds: structured fedrlprune against every peer at the same budgets.
 
 The FedAvg CNN on Fashion-MNIST (`configs/method-cnn.toml`: 20 clients, five of each device
-tier, Dirichlet 0.5, two held out), structured: `fedavg` (the dense reference), `fedrlprune`
-(the learned per-layer policy) and the two fixed rules on the same pipeline at the same budgets,
-`uniform` and `lamp`. Each run keeps its results folder under `--out`/runs/<variant>-seed<k>;
+tier, Dirichlet 0.5, two held out), every client training within its device's limits from
+round 1: `fedavg` (the dense reference, over the small devices' limits), `fedrlprune` (the
+learned per-layer policy), the two fixed rules on the same pipeline, `uniform` and `lamp`, the
+width-scaled peers `heterofl` and `fedrolex`, `fedmp`, and `smallest` (FedAvg of the model the
+microcontroller can train, trained by everyone). The table adds each run's share of
+client-rounds trained within every limit, the microcontrollers' peak training memory, bytes
+per round (both ways) and the device-simulated seconds until the global model reaches 95% of
+dense FedAvg's final accuracy at the same seed. Each run keeps its results folder under
+`--out`/runs/<variant>-seed<k>;
 a run whose `summary.json` is there is not run again, so the benchmark resumes where it stopped
 and can span sessions. After every run the table is rewritten:
 
-    .venv/bin/python benchmarks/headline.py --out benchmarks/results/headline
+    .venv/bin/python benchmarks/headline.py --out benchmarks/results/headline-budget
 
 writes `headline.md` and `headline.json`: per seed and variant the deployed models' mean
 accuracy on the global test set, per tier, on held-out clients, the measured latency speed-up
@@ -20,7 +26,9 @@ changed) into the same folder; the table shows every finished run there.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -33,9 +41,9 @@ from fedrlprune.experiments.runner import run_experiment
 from fedrlprune.fl.simulation import ray_session
 
 CONFIG = "configs/method-cnn.toml"
-VARIANTS = ("fedavg", "fedrlprune", "uniform", "lamp")
-# The width-scaled peers at the same budgets (issue 13), run on request: `--variants heterofl`.
-PEERS = ("heterofl", "fedrolex")
+# Every budget-keeping method at the same budgets, the small-model reference and dense FedAvg.
+VARIANTS = ("fedavg", "fedrlprune", "uniform", "lamp", "heterofl", "fedrolex", "fedmp", "smallest")
+PEERS: tuple[str, ...] = ()  # run on request only: none today
 # The questions the table answers, each a pair of variants run on the same seeds.
 PAIRS = (
     ("learned against the one-rate rule", "fedrlprune", "uniform"),
@@ -60,8 +68,8 @@ ABLATIONS = {
 }
 
 
-def figures(summary: dict[str, Any]) -> dict[str, Any]:
-    """The figures the table shows, from one run's summary."""
+def figures(summary: dict[str, Any], rows: list[dict[str, str]]) -> dict[str, Any]:
+    """The figures the table shows, from one run's summary and metrics.csv rows."""
     per_client = summary["per_client"]
     tiers = {
         t: statistics.mean(c["accuracy_global_test"] for c in per_client if c["tier"] == t)
@@ -77,6 +85,12 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
         "budget": summary.get("budget_satisfaction"),
         "params_x": summary["dense_params"]
         / statistics.mean(c.get("compact_params", c["nonzero_params"]) for c in per_client),
+        "train_budget": summary.get("train_budget_satisfaction"),
+        "train_mcu_kib": (summary.get("train_peak_memory_mcu") or math.nan) / 1024,
+        "mb_per_round": (summary["upload_bytes_total"] + summary["download_bytes_total"])
+        / 1e6
+        / summary["rounds_completed"],
+        "curve": [(float(r["sim_seconds"]), float(r["test_accuracy"])) for r in rows],
         "rl_updates": summary.get("rl_updates_total"),
         "rl_share": (summary.get("rl_seconds_total") or 0) / summary["train_seconds_total"],
         "wall_s": summary["wall_seconds"],
@@ -101,7 +115,7 @@ def table(results: dict[str, dict[int, dict[str, Any]]], command: str) -> str:
     """Per-seed rows, then mean ± sd and the gap to dense FedAvg per variant."""
     keys = list(next(iter(next(iter(results.values())).values())))
     lines = [
-        "# Headline: structured fedrlprune against dense FedAvg and the fixed rules",
+        "# Headline: structured fedrlprune against every peer, training within budget",
         "",
         f"Command: {command}. Settings: `{CONFIG}`, structured (`prune_mode = auto`).",
         f"Machine: {machine_line()}.",
@@ -126,6 +140,25 @@ def table(results: dict[str, dict[int, dict[str, Any]]], command: str) -> str:
             f"| {variant} | {len(seeds)} | {deployed} | {heldout} | {gap} | {gain} | {cut} |"
         )
     return "\n".join(lines + comparisons(results)) + "\n"
+
+
+def add_time_to_target(results: dict[str, dict[int, dict[str, Any]]]) -> None:
+    """Each run's device-simulated seconds until its global model first reaches 95% of dense
+    FedAvg's final accuracy at the same seed (None: never, or no dense run); the curve goes."""
+    dense = results.get("fedavg", {})
+    for seeds in results.values():
+        for seed, row in seeds.items():
+            curve = row.pop("curve")
+            if seed not in dense:
+                row["sim_s_to_95"] = None
+                continue
+            target = 0.95 * dense[seed]["global"]
+            elapsed, row["sim_s_to_95"] = 0.0, None
+            for seconds, accuracy in curve:
+                elapsed += seconds
+                if accuracy >= target:
+                    row["sim_s_to_95"] = elapsed
+                    break
 
 
 def spread(values: list[float]) -> str:
@@ -180,7 +213,10 @@ def write_finished(
         for seed in range(seeds):
             done = out / "runs" / f"{variant}-seed{seed}" / "summary.json"
             if done.is_file():
-                kept.setdefault(variant, {})[seed] = figures(json.loads(done.read_text()))
+                with (done.parent / "metrics.csv").open() as fh:
+                    rows = list(csv.DictReader(fh))
+                kept.setdefault(variant, {})[seed] = figures(json.loads(done.read_text()), rows)
+    add_time_to_target(kept)
     (out / "headline.json").write_text(json.dumps(kept, indent=2) + "\n")
     (out / "headline.md").write_text(table(kept, command))
     if echo:
@@ -189,7 +225,7 @@ def write_finished(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/headline"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/headline-budget"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
         "--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *PEERS, *ABLATIONS]

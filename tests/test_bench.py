@@ -466,7 +466,7 @@ def test_quick_suite_runs_every_method_this_version_has(
 
 # Where the issue puts each method: the budgeted methods and the method's ablations structured,
 # the unstructured baselines beside the method run unstructured; fedavg is in both.
-STRUCTURED_RUNS = {"heterofl", "fedrolex", "uniform", "lamp", "fedmp", "fedrlprune"}
+STRUCTURED_RUNS = {"heterofl", "fedrolex", "uniform", "lamp", "fedmp", "fedrlprune", "smallest"}
 STRUCTURED_RUNS |= {"rl-local", "rl-central", "fedrlprune-naive"}
 UNSTRUCTURED_RUNS = {"magnitude", "prunefl", "feddst", "lotteryfl", "fedrlprune-unstructured"}
 

@@ -18,7 +18,7 @@ def test_orders_round_trip_with_their_masks_core_and_policy() -> None:
     cfg = Config.from_dict({"clients": 3})
     masks = {"w": np.array([[1, 1, 0], [1, 1, 1]], bool)}
     core = {"w": np.array([[1, 0, 0], [0, 0, 1]], bool)}
-    rl = RLOrders(1e5, 3e4, 0.2, 0.1, 0.5, 0.4, 1.0, 0.5, True)
+    rl = RLOrders(1e5, 3e4, 0.2, 0.1, 0.5, 1.0, 0.5, True)
     sent = Orders(7, masks, core=core, policy=policy_layout(), rl=rl, prune_rate=0.3)
     content = protocol.pack_orders(cfg, sent, REF)
     got_cfg, extra, named = protocol.config_of(content)

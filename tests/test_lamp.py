@@ -105,7 +105,7 @@ def test_every_client_prunes_inside_its_step_budget_at_lamps_rates(mode: str) ->
             assert orders.policy is None and orders.rl is None
             pruned = Lamp.prune(cfg, data, state, masks, orders)
             cost = facts.cost(pruned.state)
-            limit = method.budget_now(cid, method.fleet.step(rnd))
+            limit = method.fleet.pruning_budget(cid)
             assert within_budget(limit, cost.effective_flops, cost.nonzero_params)
             rates = {k.removeprefix("rate/"): v for k, v in pruned.metrics.items()}
             assert set(rates) == set(facts.targets) and len(set(rates.values())) > 1

@@ -14,6 +14,7 @@ from torch import nn
 from fedrlprune.config import Config
 from fedrlprune.data.federated import global_test
 from fedrlprune.data.loaders import load_dataset
+from fedrlprune.experiments.stats import RoundOutcome
 from fedrlprune.federation.checkpoint import RunState
 from fedrlprune.federation.client import client_data, deploy, train_round
 from fedrlprune.federation.messages import Deployment, Reply
@@ -33,10 +34,12 @@ def run_in_process(
     model_fn: ModelFactory | None = None,
     stop_after: int | None = None,
     resume: RunState | None = None,
+    outcomes: list[RoundOutcome] | None = None,
 ) -> tuple[Federation, list[dict[str, Any]]]:
     """What `fl/server_app.py` does over Flower, with the clients called directly: the model
     travels under its mask (zeros where pruned), as it does on the wire. `stop_after`: return
-    after that round (no deployment); `resume`: go on from a snapshot."""
+    after that round (no deployment); `resume`: go on from a snapshot; `outcomes` gets each
+    round's outcome."""
     dataset = load_dataset(cfg.dataset)
     clients = [client_data(cfg, c, model_fn, dataset) for c in range(cfg.clients)]
     factory = model_fn or (lambda s, c: build_model(cfg.model, s, c))
@@ -51,7 +54,9 @@ def run_in_process(
         for c, o in orders.items():
             up = train_round(cfg, clients[c], apply_masks(fed.state, o.masks), o.masks, o)
             replies[c] = Reply(up.state, up.masks, up.metrics, up.policy, 1, up.importance)
-        fed.settle(rnd, orders, replies, {}, dict.fromkeys(orders, 1))
+        outcome = fed.settle(rnd, orders, replies, {}, dict.fromkeys(orders, 1))
+        if outcomes is not None:
+            outcomes.append(outcome)
     if stop_after is not None:
         return fed, []
     answers = {}
@@ -136,3 +141,39 @@ def test_a_run_resumed_before_a_pruning_round_repeats_the_uninterrupted_one(meth
     for name, value in whole.state.items():
         np.testing.assert_array_equal(resumed.state[name], value, err_msg=name)
     assert resumed.global_masks.keys() == whole.global_masks.keys()
+
+
+def _wide(shape: tuple[int, ...], classes: int) -> nn.Module:
+    """An MLP wide enough that the microcontroller's share of it is a model at all."""
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(int(np.prod(shape)), 512), nn.ReLU(),
+        nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, classes),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "method", ["fedrlprune", "uniform", "lamp", "heterofl", "fedrolex", "fedmp", "smallest"]
+)
+def test_budget_keeping_methods_train_within_every_limit_from_round_one(method: str) -> None:
+    cfg = Config.from_dict({**SETTINGS, "method": method, "clients": 4, "rounds": 3})
+    outcomes: list[RoundOutcome] = []
+    run_in_process(cfg, _wide, outcomes=outcomes)
+    assert [o.round for o in outcomes] == [1, 2, 3]
+    tiers = set()
+    for out in outcomes:
+        assert len(out.training) == len(out.accepted) == cfg.per_round()
+        for cid, fp in out.training.items():
+            assert fp.ratio(out.limits[cid]) <= 1.0, (out.round, out.tiers[cid], fp)
+            tiers.add(out.tiers[cid])
+    assert tiers == {"mcu", "sbc", "phone", "laptop"}
+
+
+def test_dense_fedavg_is_reported_over_the_microcontrollers_limits() -> None:
+    cfg = Config.from_dict({**SETTINGS, "method": "fedavg", "clients": 4, "rounds": 1})
+    outcomes: list[RoundOutcome] = []
+    run_in_process(cfg, _wide, outcomes=outcomes)
+    (out,) = outcomes
+    mcu = next(c for c in out.training if out.tiers[c] == "mcu")
+    ratios = out.training[mcu].ratios(out.limits[mcu])
+    assert ratios["params"] == pytest.approx(1 / 0.03) and ratios["flops"] > 1
+    assert out.training[mcu].plan.momentum == cfg.momentum  # the reference keeps its recipe

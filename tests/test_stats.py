@@ -1,4 +1,9 @@
-from fedrlprune.experiments.stats import failed_run, failure_line, short_reason
+from fedrlprune.experiments.stats import (
+    failed_run,
+    failure_line,
+    short_reason,
+    training_summary,
+)
 
 RAY = (
     "<class 'flwr.clientapp.ClientAppException'>:<'\n\nException ClientAppException occurred. "
@@ -35,3 +40,18 @@ def test_a_run_fails_after_the_limit_of_rounds_without_a_reply() -> None:
     assert failed_run(_rows([0] * 9), dropped, 0) is None  # 0: never stop early
     assert "in any round" in (failed_run(_rows([0] * 9), {}, 0, finished=True) or "")
     assert failed_run(_rows([0, 1]), {}, 0, finished=True) is None
+
+
+def test_training_summary_counts_client_rounds_within_every_limit() -> None:
+    nan = float("nan")
+    rows = [
+        {"clients_replied": 3, "train_within_clients": 2, "train_ratio_mcu": 1.4,
+         "train_memory_mcu": 600_000, "train_ratio_laptop": 0.5, "train_memory_laptop": 9e6},
+        {"clients_replied": 1, "train_within_clients": 1, "train_ratio_mcu": nan,
+         "train_memory_mcu": nan, "train_ratio_laptop": 0.7, "train_memory_laptop": 8e6},
+    ]  # fmt: skip
+    out = training_summary(rows)
+    assert out["train_budget_satisfaction"] == 0.75
+    assert out["train_worst_ratio_mcu"] == 1.4 and out["train_peak_memory_mcu"] == 600_000
+    assert out["train_peak_memory_laptop"] == 9e6 and out["train_worst_ratio_laptop"] == 0.7
+    assert out["train_peak_memory_phone"] is None  # no phone trained

@@ -3,7 +3,13 @@
 from pathlib import Path
 
 from fedrlprune.config import Config
-from fedrlprune.experiments.tiers import NOISE_LEGEND, dense_reference, tier_lines, tier_rows
+from fedrlprune.experiments.tiers import (
+    NOISE_LEGEND,
+    TRAINING_LEGEND,
+    dense_reference,
+    tier_lines,
+    tier_rows,
+)
 
 
 def _client(tier: str, params: int, acc: float, speedup: float) -> dict:
@@ -58,4 +64,13 @@ def test_a_tier_whose_speedup_is_within_the_noise_is_marked_with_a_legend() -> N
     clients = [{**c, "latency_within_noise": c["tier"] == "mcu"} for c in SUMMARY["per_client"]]
     lines = tier_lines({**SUMMARY, "per_client": clients}, None)
     assert "~5.00x" in lines[1] and "~" not in lines[2]  # mcu, then phone
-    assert lines[3] == NOISE_LEGEND and "no committed run" in lines[4]
+    assert lines[3] == NOISE_LEGEND and "no committed run" in lines[5]
+
+
+def test_each_tier_shows_its_training_footprint_and_an_overrun_is_named() -> None:
+    trained = {**SUMMARY, "train_peak_memory_mcu": 600 * 1024, "train_worst_ratio_mcu": 1.5,
+               "train_peak_memory_phone": 4096, "train_worst_ratio_phone": 0.8}  # fmt: skip
+    lines = tier_lines(trained, None)
+    assert lines[1].endswith("600 KB  1.50x over") and lines[2].endswith("4 KB  0.80x")
+    assert lines[3] == TRAINING_LEGEND
+    assert tier_lines(SUMMARY, None)[1].endswith("n/a    n/a")  # a run from before it was counted

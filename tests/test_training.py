@@ -1,5 +1,6 @@
 """Local training: it learns, and the same seed gives the same weights."""
 
+import copy
 import itertools
 
 import numpy as np
@@ -120,3 +121,15 @@ def test_refresh_batchnorm_sets_the_statistics_of_the_weights_as_they_are() -> N
         "1.running_mean", "1.running_var", "1.num_batches_tracked"
     ]  # fmt: skip
     assert refresh_batchnorm(nn.Linear(2, 2), torch.randn(4, 2), 2) == 0
+
+
+def test_micro_batches_take_the_same_step_as_the_whole_batch() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(40, 16), torch.randint(0, 3, (40,))
+    whole = train(model, x, y, epochs=2, batch_size=16, lr=0.1, momentum=0.9)
+    parts = train(twin, x, y, epochs=2, batch_size=16, lr=0.1, momentum=0.9, micro_batch=3)
+    assert parts.loss == pytest.approx(whole.loss, rel=1e-5)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

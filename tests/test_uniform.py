@@ -111,7 +111,7 @@ def test_every_client_prunes_inside_its_step_budget_at_one_rate(mode: str) -> No
             assert orders.policy is None and orders.rl is None
             pruned = Uniform.prune(cfg, data, state, masks, orders)
             cost = facts.cost(pruned.state)
-            limit = method.budget_now(cid, method.fleet.step(rnd))
+            limit = method.fleet.pruning_budget(cid)
             assert within_budget(limit, cost.effective_flops, cost.nonzero_params)
             assert all((pruned.masks[k] <= m).all() for k, m in masks.items())
             assert not any(k.startswith("rl-") for k in pruned.metrics)

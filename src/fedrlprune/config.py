@@ -157,16 +157,21 @@ class Config:
         choices=("auto", *MODES),
     )
     prune_start: float = _key(
-        0.1, "share of the rounds trained dense before pruning starts", lo=0, hi=1
+        0.1,
+        "share of the rounds before the first pruning round (`fedrlprune`, `uniform`, `lamp`: "
+        "a client prunes to its budget when first selected; pruning rounds reallocate it)",
+        lo=0,
+        hi=1,
     )
     prune_until: float = _key(
         0.5,
-        "share of the rounds over which pruning ramps up to its final rate",
+        "share of the rounds over which pruning rounds run (the ramp to the final rate of "
+        "`magnitude`)",
         lo=0,
         hi=1,
         lo_open=True,
     )
-    prune_every: int = _key(1, "prune every N rounds while ramping up", lo=1)
+    prune_every: int = _key(1, "a pruning round every N rounds until `prune_until`", lo=1)
     prune_skip: str = _key(
         "head", "layers left dense: `head` (the classifier), a comma list of names, or empty"
     )

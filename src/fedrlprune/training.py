@@ -59,6 +59,7 @@ def train(
     hook: StepHook | None = None,
     core: dict[str, np.ndarray] | None = None,
     max_grad_norm: float = 0.0,
+    micro_batch: int = 0,
 ) -> TrainResult:
     """Run `epochs` of mini-batch SGD on (x, y); the shuffling order comes from `seed`.
 
@@ -70,6 +71,9 @@ def train(
     as a model of its own in the same step, its loss added to the full model's (the sandwich
     rule of slimmable networks, Yu & Huang, ICCV 2019). Its gradient reaches only the weights
     it keeps, since they enter its forward pass multiplied by the mask.
+
+    `micro_batch` > 0 runs each mini-batch as micro-batches of that many samples whose
+    gradients add up to the mini-batch's (`training_plan`: what a device with little RAM does).
     """
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
@@ -87,12 +91,10 @@ def train(
         for lo in range(0, n, batch_size):
             idx = order[lo : lo + batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
-            if kept:
-                sub = {name: params[name] * m for name, m in kept.items()}
-                (loss + loss_fn(functional_call(model, sub, (x[idx],)), y[idx])).backward()
-            else:
-                loss.backward()
+            loss = 0.0
+            for part in idx.split(micro_batch or len(idx)):
+                share = len(part) / len(idx)
+                loss += _backward(model, loss_fn, x[part], y[part], params, kept, share)
             if hook is not None:
                 hook.before_step()
             if max_grad_norm > 0:
@@ -100,10 +102,31 @@ def train(
             opt.step()
             if hook is not None:
                 hook.after_step()
-            total += loss.item() * len(idx)
+            total += loss * len(idx)
         seen += n
         last_epoch_loss = total / max(n, 1)
     return TrainResult(last_epoch_loss, seen, time.perf_counter() - start)
+
+
+def _backward(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    params: dict[str, nn.Parameter],
+    kept: dict[str, torch.Tensor],
+    share: float,
+) -> float:
+    """Backward pass of one (micro-)batch, its gradient scaled by its `share` of the
+    mini-batch so that micro-batches add up to the mini-batch's gradient; returns the scaled
+    loss."""
+    loss = loss_fn(model(x), y)
+    total = loss
+    if kept:
+        sub = {name: params[name] * m for name, m in kept.items()}
+        total = loss + loss_fn(functional_call(model, sub, (x,)), y)
+    (total * share).backward()
+    return float(loss.item()) * share
 
 
 def batchnorm_statistics(model: nn.Module) -> list[str]:

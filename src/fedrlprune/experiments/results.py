@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrlprune.config import Config
+from fedrlprune.devices import TIERS
 from fedrlprune.experiments.report import write_report
 
 ROUND_COLUMNS = (
@@ -44,6 +45,8 @@ ROUND_COLUMNS = (
     "rl_evaluations",
     "sim_seconds",
     "sim_joules",
+    "train_within_clients",
+    *(f"train_{what}_{tier}" for tier in TIERS for what in ("ratio", "memory")),
 )
 
 

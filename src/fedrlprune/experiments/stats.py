@@ -7,13 +7,16 @@ does not turn a mean into NaN.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from fedrlprune.devices import TIERS, Budget
 from fedrlprune.federation.messages import Reply
 from fedrlprune.pruning.metrics import ModelCost
+from fedrlprune.training_plan import TrainingFootprint
 
 Drops = dict[int, tuple[str, str]]  # client -> (reason: error, timeout or refused; detail)
 
@@ -34,6 +37,9 @@ class RoundOutcome:
     test_accuracy: float
     cost: ModelCost  # the global model under the global mask
     sparsity: float  # share of zero weights over the pruned layers
+    training: dict[int, TrainingFootprint] = field(default_factory=dict)  # per accepted client
+    tiers: dict[int, str] = field(default_factory=dict)  # device tier of each accepted client
+    limits: dict[int, Budget] = field(default_factory=dict)  # and its limits
 
 
 def round_row(out: RoundOutcome, dense_upload: int, seconds: float) -> dict[str, Any]:
@@ -69,7 +75,23 @@ def round_row(out: RoundOutcome, dense_upload: int, seconds: float) -> dict[str,
         "rl_evaluations": sum(int(m.get("rl-evaluations", 0)) for m in metrics),
         "sim_seconds": out.sim_seconds,
         "sim_joules": out.sim_joules,
+        **training_columns(out),
     }
+
+
+def training_columns(out: RoundOutcome) -> dict[str, Any]:
+    """How the round's training fitted the devices: the client-rounds within every limit, and
+    per tier the worst footprint-to-limit ratio (above 1: over a limit) and the peak memory of
+    one training step (NaN for a tier without an accepted client this round)."""
+    ratio = {c: fp.ratio(out.limits[c]) for c, fp in out.training.items()}
+    row: dict[str, Any] = {"train_within_clients": sum(r <= 1.0 for r in ratio.values())}
+    for tier in TIERS:
+        mine = [c for c in ratio if out.tiers[c] == tier]
+        row[f"train_ratio_{tier}"] = max((ratio[c] for c in mine), default=math.nan)
+        row[f"train_memory_{tier}"] = max(
+            (out.training[c].plan.memory.total for c in mine), default=math.nan
+        )
+    return row
 
 
 def layer_rates(metrics: dict[str, Any]) -> dict[str, float]:
@@ -120,12 +142,32 @@ def summary(
         "budget_satisfaction": mean([float(c["within_budget"]) for c in per_client]),
         "deployed_latency_speedup": mean([c["latency_speedup"] for c in per_client]),
         **groups(per_client),
+        **training_summary(rows),
         **totals(rows),
         "failed_clients": sorted(
             failed | {c["client"] for c in per_client if np.isnan(c["accuracy_local_test"])}
         ),
         "per_client": per_client,
     }
+
+
+def training_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`train_budget_satisfaction`: the share of accepted client-rounds whose training fitted
+    every limit of the device (parameters, FLOPs per sample, memory of one step); per tier the
+    peak memory of one training step and the worst footprint-to-limit ratio over the run."""
+    replied = sum(r["clients_replied"] for r in rows)
+    within = sum(r.get("train_within_clients", 0) for r in rows)
+    out: dict[str, Any] = {"train_budget_satisfaction": within / replied if replied else math.nan}
+    for tier in TIERS:
+        memory = [r[f"train_memory_{tier}"] for r in rows if f"train_memory_{tier}" in r]
+        ratio = [r[f"train_ratio_{tier}"] for r in rows if f"train_ratio_{tier}" in r]
+        out[f"train_peak_memory_{tier}"] = float(np.nanmax(memory)) if _some(memory) else None
+        out[f"train_worst_ratio_{tier}"] = float(np.nanmax(ratio)) if _some(ratio) else None
+    return out
+
+
+def _some(values: list[float]) -> bool:
+    return any(not math.isnan(v) for v in values)
 
 
 def totals(rows: list[dict[str, Any]]) -> dict[str, float]:

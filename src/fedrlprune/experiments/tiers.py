@@ -25,10 +25,15 @@ DENSE_RUNS = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "d
 TRAINING_KEYS = (
     "dataset", "model", "clients", "rounds", "fraction", "local_epochs", "batch_size", "lr",
     "lr_schedule", "momentum", "weight_decay", "partition", "alpha", "classes_per_client",
-    "val_fraction", "test_fraction", "data_fraction", "seed",
+    "val_fraction", "test_fraction", "data_fraction", "seed", "heldout_clients",
+    "max_grad_norm",
 )  # fmt: skip
 
 
+TRAINING_LEGEND = (
+    "training: peak memory of one training step on the tier; worst: its largest footprint-to-"
+    "limit ratio over the rounds (parameters, FLOPs, memory; `over`: it trained beyond a limit)"
+)
 NOISE_LEGEND = (
     "~ latency within the timing noise: the dense and deployed medians differ by less than "
     "their interquartile ranges together, so another run may reverse it"
@@ -54,6 +59,8 @@ def tier_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "latency_noise": any(c.get("latency_within_noise") for c in group),
                 "accuracy": float(np.mean([c["accuracy_global_test"] for c in group])),
                 "within_budget": sum(bool(c["within_budget"]) for c in group),
+                "train_memory_bytes": summary.get(f"train_peak_memory_{tier}"),
+                "train_ratio": summary.get(f"train_worst_ratio_{tier}"),
             }
         )
     return rows
@@ -81,21 +88,31 @@ def tier_lines(summary: Mapping[str, Any], dense: tuple[float, str] | None) -> l
     kind = summary.get("flops_kind", "theoretical")
     dense_params, dense_flops = summary["dense_params"], summary["dense_flops"]
     lines = [f"{'tier':<7} {'params':>16} {f'FLOPs ({kind})':>22} {'memory':>9} "
-             f"{'latency':>8} {'accuracy':>8}  in budget"]  # fmt: skip
+             f"{'latency':>8} {'accuracy':>8}  in budget  {'training':>9} "
+             f"{'worst':>6}"]  # fmt: skip
     for r in rows:
         lines.append(
             f"{r['tier']:<7} {_fewer(r['params'], dense_params):>16} "
             f"{_fewer(r['flops'], dense_flops):>22} {r['memory_bytes'] / 1024:>6.0f} KB "
             f"{_speedup(r['latency_speedup'], r['latency_noise']):>8} {r['accuracy']:>8.4f}  "
-            f"{r['within_budget']}/{r['clients']}"
+            f"{str(r['within_budget']) + '/' + str(r['clients']):>9}  {_training(r)}"
         )
     if any(r["latency_noise"] for r in rows):
         lines.append(NOISE_LEGEND)
+    lines.append(TRAINING_LEGEND)
     if dense is None:
         lines.append("dense FedAvg with these settings: no committed run to compare with")
     else:
         lines.append(f"dense FedAvg with these settings: {dense[0]:.4f} ({dense[1]})")
     return lines
+
+
+def _training(row: Mapping[str, Any]) -> str:
+    """The tier's peak memory of one training step and its worst footprint-to-limit ratio."""
+    memory, ratio = row["train_memory_bytes"], row["train_ratio"]
+    if memory is None or ratio is None:
+        return f"{'n/a':>9} {'n/a':>6}"
+    return f"{memory / 1024:>6.0f} KB {ratio:>5.2f}x{' over' if ratio > 1 else ''}"
 
 
 def _mean(group: list[dict[str, Any]], key: str) -> float:

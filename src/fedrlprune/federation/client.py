@@ -7,6 +7,7 @@ they return.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from fedrlprune.training import (
     set_state,
     train,
 )
+from fedrlprune.training_plan import fit_training
 
 if TYPE_CHECKING:
     from fedrlprune.config import Config
@@ -66,6 +68,14 @@ def train_round(
     local = local_training(cfg, data, pruned.masks, core_within(orders.core, pruned.masks))
     hook = method.training_hook(cfg, local.data, local.masks, orders)
     compact_seconds = time.perf_counter() - start
+    plan = fit_training(
+        local.data.model,
+        data.input_shape,
+        cfg.batch_size,
+        cfg.momentum,
+        orders.memory or math.inf,
+        local.core is not None,
+    )
     result = train(
         local.data.model,
         data.x_train,
@@ -73,12 +83,13 @@ def train_round(
         epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,
         lr=round_lr(cfg.lr, cfg.lr_schedule, orders.round, cfg.rounds),
-        momentum=cfg.momentum,
+        momentum=plan.momentum,
         weight_decay=cfg.weight_decay,
         seed=cfg.seed * 1_000_003 + orders.round * 10_007 + cid,
         hook=hook,
-        core=local.core,
+        core=local.core if plan.core else None,
         max_grad_norm=cfg.max_grad_norm,
+        micro_batch=plan.micro_batch,
     )
     refreshed = (
         refresh_batchnorm(local.data.model, data.x_train, cfg.batch_size) if cfg.bn_refresh else 0
@@ -96,6 +107,9 @@ def train_round(
         "bn-refresh-samples": refreshed,
         "compact-training": int(local.sub is not None),
         "compact-seconds": compact_seconds if local.sub is not None else 0.0,
+        "micro-batch": plan.micro_batch,
+        "train-momentum": plan.momentum,
+        "train-memory-bytes": plan.memory.total,
     }
     return Update(get_state(data.model), done.masks, metrics, pruned.policy, done.importance)
 

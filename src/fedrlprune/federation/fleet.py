@@ -15,7 +15,8 @@ import numpy as np
 from torch import nn
 
 from fedrlprune.devices import TIERS, Budget, assign_tiers, budget, over_budget
-from fedrlprune.pruning.compact import compact_model
+from fedrlprune.errors import FedRLPruneError
+from fedrlprune.pruning.compact import compact_model, pruned_channels
 from fedrlprune.pruning.groups import ChannelGroup, channel_groups
 from fedrlprune.pruning.masks import apply_masks, pruning_targets
 from fedrlprune.pruning.memory import (
@@ -35,6 +36,7 @@ from fedrlprune.pruning.metrics import (
 from fedrlprune.pruning.schedule import pruning_rounds
 from fedrlprune.state import Masks, State
 from fedrlprune.training import set_state
+from fedrlprune.training_plan import TrainingFootprint, fit_training
 
 if TYPE_CHECKING:
     from fedrlprune.config import Config
@@ -100,6 +102,20 @@ class ModelFacts:
         set_state(self.template, deployed)
         model = compact_model(self.template, masks, self.input_shape) if masks else self.template
         return compact_footprint(model, self.input_shape)
+
+    def trained_model(self, state: State, masks: Masks, compact: bool) -> nn.Module:
+        """The model a client trains under `masks`, as `federation/client.local_training` picks
+        it: the compact sub-model where the method trains compact and the masks remove whole
+        channels, else the masked dense model (a dense runtime holds and multiplies it all)."""
+        set_state(self.template, apply_masks(state, masks))
+        if not (self.structured and compact and masks):
+            return self.template
+        if not any(pruned_channels(masks, self.template).values()):
+            return self.template
+        try:
+            return compact_model(self.template, masks, self.input_shape)
+        except FedRLPruneError:
+            return self.template
 
     def pruning_budget(self, final: Budget) -> Budget:
         """`final` in the units pruning counts (kept weights, FLOPs), its memory limit and (when
@@ -191,6 +207,17 @@ class Fleet:
         """Whether `state` under `masks` fits client `cid`'s budget, as the summary checks it."""
         fp = self.facts.footprint(state, masks)
         return not over_budget(self.clients[cid].budget, fp.flops, fp.params, fp.memory_bytes)
+
+    def training(
+        self, cid: int, state: State, masks: Masks, compact: bool, core: bool
+    ) -> TrainingFootprint:
+        """What client `cid`'s round under `masks` asked of its device, by the same rule the
+        client followed (`training_plan.fit_training`): the server checks, it does not trust."""
+        model = self.facts.trained_model(state, masks, compact)
+        shape, limit, cfg = self.facts.input_shape, self.clients[cid].budget.max_memory, self.cfg
+        plan = fit_training(model, shape, cfg.batch_size, cfg.momentum, limit, core)
+        params = sum(p.numel() for p in model.parameters())
+        return TrainingFootprint(params, total_flops(model, shape), plan)
 
     def report(self, cid: int, deployed: State, fp: Footprint) -> dict[str, Any]:
         """Per-client figures for summary.json: tier, cost, budget and whether it fits; `fp` is

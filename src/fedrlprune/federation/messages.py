@@ -17,12 +17,11 @@ from fedrlprune.state import Masks, State
 class RLOrders:
     """`fedrlprune`: what a client needs to run its pruning MDP at this step."""
 
-    budget_flops: float  # the budget of this pruning step (the final one at deployment)
+    budget_flops: float  # the client's budget (the same at every pruning step)
     budget_params: float
     flops_share: float  # the tier's final budget as shares of the dense model
     params_share: float
     progress: float  # pruning steps done over all steps
-    rate_scale: float  # the schedule's share of the way (1 at the end)
     eps_start: float  # exploration over this step's episodes
     eps_end: float
     learn: bool  # False: use the policy as it is (held out, deployment, or `central`)
@@ -43,8 +42,9 @@ class Orders:
     readjust: float = 0.0  # `feddst`: share of kept weights to prune and regrow after training
     learn: bool = False  # `lotteryfl`: prune further once validation accuracy allows
     loss_delta: bool = False  # `fedmp`: report the training loss before and after
-    budget_flops: float = 0.0  # `uniform`, `lamp`: this pruning step's budget (0: no pruning)
+    budget_flops: float = 0.0  # `uniform`, `lamp`: the budget to prune to (0: no pruning)
     budget_params: float = 0.0
+    memory: float = 0.0  # bytes of RAM the client trains within (`training_plan`; 0: no limit)
 
 
 @dataclass(frozen=True)

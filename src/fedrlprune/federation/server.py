@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from fedrlprune.devices import TIERS, Budget, over_budget, simulated_round, trai
 from fedrlprune.experiments.latency import deployed_latency, latency_fields
 from fedrlprune.experiments.stats import Drops, RoundOutcome, drop_entries
 from fedrlprune.federation.checkpoint import RunState
+from fedrlprune.federation.client import core_within
 from fedrlprune.federation.fleet import Fleet, ModelFacts
 from fedrlprune.federation.messages import Deployment, Expected, Orders, Reply
 from fedrlprune.methods import METHODS
@@ -30,6 +32,7 @@ from fedrlprune.pruning.memory import Footprint
 from fedrlprune.pruning.schedule import MAX_RATE
 from fedrlprune.state import Masks, State
 from fedrlprune.training import evaluate, get_state, set_state
+from fedrlprune.training_plan import TrainingFootprint, fit_training
 
 if TYPE_CHECKING:
     from fedrlprune.config import Config
@@ -94,10 +97,19 @@ class Federation:
         for tier in sorted({rec.tier for rec in self.fleet.clients}):
             limit = next(r.budget for r in self.fleet.clients if r.tier == tier)
             over = over_budget(limit, least.flops, least.params, least.memory_bytes)
+            if not over and not self._trainable(floor, limit.max_memory):
+                over = ["memory in training"]
             if over:
                 missed.append(tier)
                 log.warning("%s", unreachable_message(tier, over, limit, least, self.cfg))
         return missed
+
+    def _trainable(self, floor: Masks, memory: float) -> bool:
+        """Whether the smallest model pruning reaches can take one training step in `memory`
+        bytes under any plan of `training_plan` (momentum-free, one sample at a time at most)."""
+        model = self.facts.trained_model(self.state, floor, self.method.compact_training)
+        cfg = self.cfg
+        return fit_training(model, self.input_shape, cfg.batch_size, cfg.momentum, memory).fits
 
     def sample(self, rnd: int) -> list[int]:
         """The clients of round `rnd`, in client order (the same for the same seed): `fraction`
@@ -113,7 +125,10 @@ class Federation:
         self.state, self.global_masks = m.before_round(rnd, self.state, self.global_masks)
         masks = {c: m.masks_for(c, rnd, self.state, self.global_masks) for c in chosen}
         core = m.core()
-        return {c: m.orders(c, rnd, self.state, masks[c], core) for c in chosen}
+        ram = {c: self.fleet.clients[c].budget.max_memory for c in chosen}
+        return {
+            c: replace(m.orders(c, rnd, self.state, masks[c], core), memory=ram[c]) for c in chosen
+        }
 
     def expected(self, rnd: int, cid: int, orders: Orders) -> Expected:
         """What a reply to `orders` must look like (checked before it touches anything)."""
@@ -140,8 +155,10 @@ class Federation:
         if lost:
             self.dropped[str(rnd)] = drop_entries(lost)
         seconds, joules = 0.0, 0.0
+        training = {c: self.training(c, r, orders[c]) for c, r in accepted.items()}
         for cid, reply in accepted.items():
-            secs, jls = self.simulated(cid, reply, download[cid], orders[cid].core)
+            core = orders[cid].core if training[cid].plan.core else {}
+            secs, jls = self.simulated(cid, reply, download[cid], core)
             self.method.observe(cid, reply, secs)
             seconds, joules = max(seconds, secs), joules + jls
         updated = len(accepted) >= self.cfg.min_clients
@@ -160,8 +177,17 @@ class Federation:
         deployed = self.global_model()
         return RoundOutcome(
             rnd, list(orders), accepted, lost, updated, download, seconds, joules, loss, acc,
-            self.facts.cost(deployed), self.facts.sparsity(deployed),
+            self.facts.cost(deployed), self.facts.sparsity(deployed), training,
+            {c: self.fleet.clients[c].tier for c in training},
+            {c: self.fleet.clients[c].budget for c in training},
         )  # fmt: skip
+
+    def training(self, cid: int, reply: Reply, orders: Orders) -> TrainingFootprint:
+        """What the client's round asked of its device (`Fleet.training`), the core counted
+        when the client's rule trains it (`federation/client.core_within`)."""
+        core = core_within(orders.core, reply.masks) is not None
+        compact = self.method.compact_training
+        return self.fleet.training(cid, reply.state, reply.masks, compact, core)
 
     def _merge(self, rnd: int, accepted: dict[int, Reply]) -> None:
         for cid, reply in accepted.items():
@@ -299,7 +325,8 @@ def unreachable_message(
         f"{limit.max_memory:.0f} memory bytes) is out of this model's reach on "
         f"{', '.join(over)}: with every pruned layer at {MAX_RATE:.0%} it keeps "
         f"{least.params:.0f} params, {least.flops} FLOPs and {least.memory_bytes} memory bytes "
-        f"(weights plus peak activations at batch 1), mostly in what pruning leaves whole "
+        f"(weights plus peak activations at batch 1; training holds its gradients and the "
+        f"activations of a step too), mostly in what pruning leaves whole "
         f"(prune_skip = {cfg.prune_skip!r}; activations). Prune those layers too "
         '(prune_skip = ""), use a smaller model or input, or leave the tier out (device_mix)'
     )

@@ -15,6 +15,7 @@ from fedrlprune.methods.lamp import Lamp
 from fedrlprune.methods.lotteryfl import LotteryFL
 from fedrlprune.methods.magnitude import Magnitude
 from fedrlprune.methods.prunefl import PruneFL
+from fedrlprune.methods.smallest import Smallest
 from fedrlprune.methods.uniform import Uniform
 
 METHODS: dict[str, type[Method]] = {
@@ -31,6 +32,7 @@ METHODS: dict[str, type[Method]] = {
         FedDST,
         HeteroFL,
         FedRolex,
+        Smallest,
     )
 }
 

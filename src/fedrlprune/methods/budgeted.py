@@ -1,10 +1,12 @@
 """`fedrlprune`'s server side, shared with the fixed rules (`uniform`, `lamp`) it must beat.
 
-Everything here is the pipeline, not the choice of rates: each pruning round tightens a
-client's budget from the dense model toward its device's final budget along the cubic
-schedule; with `regrow` a pruning round starts from the global mask, so a weight pruned too
-early can come back; with `train_core` every client also trains the weights all clients keep;
-at deployment a client keeps the mask it was trained under when that fits its final budget.
+Everything here is the pipeline, not the choice of rates. A device trains within its limits
+from the first round, so there is no dense warm-up and no ramp: a client prunes to its device's
+budget the first time it is selected (in whatever round), and the schedule's pruning rounds
+(`prune_start`, `prune_until`, `prune_every`) are the rounds where it allocates that budget
+again; with `regrow` such a round starts from the global mask, so channels can leave and come
+back as the model trains; with `train_core` every client also trains the weights all clients
+keep; at deployment a client keeps the mask it was trained under when that fits its budget.
 A subclass says what a client needs to prune at a step (`pruning_orders`) and how it prunes
 (the client-side `prune`), so two methods built on this differ only in where rates come from.
 """
@@ -13,10 +15,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fedrlprune.devices import Budget
 from fedrlprune.federation.messages import Orders
 from fedrlprune.methods.base import Method
-from fedrlprune.pruning.schedule import scheduled_rate
 from fedrlprune.state import Masks, State
 
 
@@ -37,7 +37,11 @@ class BudgetedPruning(Method):
         return self.fleet.core_masks() if self.cfg.train_core else {}
 
     def orders(self, cid: int, rnd: int, state: State, masks: Masks, core: Masks) -> Orders:
+        """A pruning round's orders, or plain ones; a client that has not pruned yet prunes
+        now, at the step the schedule has reached (its first step at the earliest)."""
         step = self.fleet.step(rnd)
+        if not step and self.fleet.clients[cid].masks is None:
+            step = max(1, sum(p <= rnd for p in self.fleet.prune_rounds))
         plain = Orders(round=rnd, masks=masks, core=core)
         return self.pruning_orders(cid, plain, step) if step else plain
 
@@ -50,7 +54,7 @@ class BudgetedPruning(Method):
     def pruning_orders(self, cid: int, orders: Orders, step: int) -> Orders:
         """`orders` with what the client needs to prune at pruning step `step` (0: deployment,
         the final budget): here the budget alone."""
-        limit = self.budget_now(cid, step or len(self.fleet.prune_rounds))
+        limit = self.fleet.pruning_budget(cid)
         return replace(orders, budget_flops=limit.max_flops, budget_params=limit.max_params)
 
     def fits_final(self, cid: int, state: State, masks: Masks) -> bool:
@@ -59,15 +63,3 @@ class BudgetedPruning(Method):
         if self.fleet.clients[cid].masks is None:
             return False
         return self.fleet.fits(cid, state, masks)
-
-    def budget_now(self, cid: int, step: int) -> Budget:
-        """The budget at pruning step `step`: from the dense model toward the client's budget
-        (memory and sparse storage folded into its params limit, `Fleet.pruning_budget`)
-        along the same cubic schedule as `magnitude`, so pruning stays progressive."""
-        facts = self.fleet.facts
-        final = self.fleet.pruning_budget(cid)
-        frac = scheduled_rate(1.0, step, len(self.fleet.prune_rounds))
-        return Budget(
-            facts.total_flops - frac * (facts.total_flops - final.max_flops),
-            facts.dense_params - frac * (facts.dense_params - final.max_params),
-        )

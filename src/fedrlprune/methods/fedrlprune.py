@@ -26,7 +26,6 @@ from fedrlprune.methods.base import ClientData, Pruned
 from fedrlprune.methods.budgeted import BudgetedPruning
 from fedrlprune.pruning.masks import apply_masks
 from fedrlprune.pruning.metrics import total_flops
-from fedrlprune.pruning.schedule import scheduled_rate
 from fedrlprune.rl.env import layer_infos
 from fedrlprune.rl.federation import PolicyStore
 from fedrlprune.rl.prune import (
@@ -65,7 +64,7 @@ class FedRLPrune(BudgetedPruning):
     def rl_orders(self, cid: int, rnd: int, step: int, learn: bool) -> RLOrders:
         """What a client needs to run its pruning MDP at step `step` (final budget when 0)."""
         steps = len(self.fleet.prune_rounds)
-        limit = self.budget_now(cid, step or steps)
+        limit = self.fleet.pruning_budget(cid)
         profile = TIERS[self.fleet.clients[cid].tier]
         eps = np.linspace(self.cfg.rl_eps_start, self.cfg.rl_eps_end, steps + 1)
         if self.cfg.rl_policy == "central":
@@ -78,7 +77,6 @@ class FedRLPrune(BudgetedPruning):
             flops_share=profile.flops_budget,
             params_share=profile.params_budget,
             progress=(step or steps) / steps,
-            rate_scale=scheduled_rate(1.0, step or steps, steps),
             eps_start=float(eps[max(step, 1) - 1]),
             eps_end=float(eps[max(step, 1)]),
             learn=learn and cid not in self.fleet.heldout and trains,
@@ -185,7 +183,6 @@ class FedRLPrune(BudgetedPruning):
             learn=rl.learn,
             targets=cfg.rl_targets,
             actions=cfg.rl_actions,
-            rate_scale=rl.rate_scale,
             seed=cfg.seed * 7_919 + rnd * 101 + cid,
         )
 

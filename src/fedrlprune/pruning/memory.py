@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -188,3 +189,64 @@ def sparse_footprint(
     itemsize = max((np.asarray(v).itemsize for v in weights.values()), default=4)
     buffers = sum(np.asarray(v).nbytes for k, v in state.items() if k not in weights)
     return Footprint(stored / itemsize, flops, stored + buffers + activations)
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """Bytes one SGD step holds on the device, by what holds them."""
+
+    weights: int  # parameters and buffers
+    gradients: int  # one gradient per parameter (accumulated over micro-batches)
+    optimizer: int  # momentum buffers: one per parameter when momentum is on
+    activations: int  # peak of what the step's forward and backward passes hold at once
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def training_memory(
+    model: nn.Module, input_shape: tuple[int, ...], batch: int, momentum: bool, core: bool = False
+) -> TrainingMemory:
+    """What one train-mode SGD step of `model` at `batch` samples holds: weights, gradients,
+    momentum, and the peak activation bytes, measured as ``memory_bytes`` measures inference,
+    over the forward pass, the loss and the backward pass (saved tensors and the gradients of
+    activations live until backward reads them last). Run it on the compact model for what a
+    device trains; the model's weights, buffers and gradients are left as they were.
+
+    `core`: the step also trains a sub-network as a model of its own (`training.train`'s
+    `core`), measured with every weight kept, the most any core can hold: the masked copies of
+    the weights and a second forward pass count among the activations."""
+    params = list(model.parameters())
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    saved = [b.detach().clone() for b in model.buffers()]
+    grads = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    weights = {t.untyped_storage().data_ptr() for t in [*params, *model.buffers()]}
+    mode = _Liveness(weights)
+    first = params[0] if params else None
+    x = torch.zeros(batch, *input_shape, dtype=first.dtype if first is not None else None)
+    was_training = model.train
+    training = model.training
+    try:
+        model.train()
+        mode.track(x, -1)
+        with mode:
+            y = torch.zeros(batch, dtype=torch.long)
+            loss = nn.functional.cross_entropy(model(x), y)
+            if core:
+                masked = {name: p * 1.0 for name, p in model.named_parameters()}
+                loss = loss + nn.functional.cross_entropy(functional_call(model, masked, (x,)), y)
+            loss.backward()
+        for p in params:  # counted as gradients, not as activations
+            if p.grad is not None:
+                mode.born.pop(p.grad.untyped_storage().data_ptr(), None)
+        peak = mode.peak()
+    finally:
+        was_training(training)
+        for b, value in zip(model.buffers(), saved, strict=True):
+            b.copy_(value)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+    return TrainingMemory(weight_bytes(model), param_bytes, param_bytes if momentum else 0, peak)
